@@ -1,0 +1,22 @@
+//! The grip host: loads plugins (prompt drivers, tools, event listeners) from shared libraries
+//! described by TOML manifests, and runs them.
+//!
+//! - [`manifest`]: the manifest format and its validation.
+//! - [`loader`]: loading one library with every safety check.
+//! - [`registry`]: all plugins found, loaded or refused.
+//! - [`plugin`]: safe handles to a loaded plugin's instances.
+//! - [`error`]: the error types.
+//!
+//! The `grip` binary is a thin CLI over this library.
+
+pub mod error;
+pub mod loader;
+pub mod manifest;
+pub mod plugin;
+pub mod registry;
+
+pub use error::{CallError, LoadError};
+pub use loader::LoaderOptions;
+pub use manifest::{Kind, Manifest, Mode};
+pub use plugin::{Driver, DriverStream, ListenerHandle, Plugin, ToolHandle};
+pub use registry::Registry;

@@ -1,0 +1,377 @@
+//! Loads one plugin from its manifest and shared library, refusing anything unsafe to run.
+//!
+//! The order of checks matters:
+//!
+//! 1. the manifest is valid;
+//! 2. the library is found and, when the manifest pins a sha256, matches it (checked **before**
+//!    `dlopen`, since opening a library runs its constructors);
+//! 3. the library exports a grip root module of a generation this host knows;
+//! 4. abi_stable's layout check passes (one line of the mismatch is reported, not the full dump);
+//! 5. the plugin's own info agrees with the manifest (id, version, capabilities) and it was built
+//!    with `panic = "unwind"`.
+//!
+//! Each library is loaded with `lib_header_from_path(..).init_root_module()`, never
+//! `RootModule::load_from_file`, which caches one module per root-module type in a static and
+//! would silently hand back the first plugin for every later path. Libraries are never unloaded
+//! (abi_stable leaks them on purpose); loading the same path twice returns the same image.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use plugin_api::abi::{
+    ABI_GENERATION_V1, HostServicesV1, LogLevel, PanicStrategy, PluginInfoFfi, PluginModV1Ref, ROOT_MODULE_NAME,
+};
+use plugin_api::abi_stable::library::{LibraryError, lib_header_from_path};
+use plugin_api::abi_stable::std_types::RStr;
+use plugin_api::wire::WIRE_VERSION;
+use sha2::{Digest, Sha256};
+
+use crate::error::LoadError;
+use crate::manifest::{LibrarySource, Manifest, describe_capabilities};
+use crate::plugin::{Plugin, PluginInfo};
+
+/// ABI generations this host can load, newest first.
+pub const KNOWN_GENERATIONS: &[u32] = &[ABI_GENERATION_V1];
+
+/// How plugins are found and checked.
+#[derive(Debug, Clone, Default)]
+pub struct LoaderOptions {
+    /// Directories searched, in order, for a manifest's `library.name`.
+    pub lib_dirs: Vec<PathBuf>,
+    /// Refuse manifests that pin no sha256.
+    pub require_hash: bool,
+}
+
+impl LoaderOptions {
+    /// The default library path: `$GRIP_LIB_PATH` (colon-separated), then the directory of the
+    /// running executable (where cargo puts the plugins it builds alongside the host).
+    pub fn default_lib_dirs() -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::env::var_os("GRIP_LIB_PATH")
+            .map(|v| std::env::split_paths(&v).collect())
+            .unwrap_or_default();
+        if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_owned)) {
+            dirs.push(dir);
+        }
+        dirs
+    }
+}
+
+/// The platform file name of library `name` (`libname.so` on Linux).
+pub fn library_file_name(name: &str) -> String {
+    format!("{}{name}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX)
+}
+
+/// Resolves the manifest's library to an existing file.
+///
+/// # Errors
+/// [`LoadError::LibraryNotFound`] naming every place looked at.
+pub fn resolve_library(manifest: &Manifest, options: &LoaderOptions) -> Result<PathBuf, LoadError> {
+    let not_found = |detail: String| LoadError::LibraryNotFound {
+        id: manifest.id.clone(),
+        manifest: manifest.path.clone(),
+        detail,
+    };
+    match &manifest.library {
+        LibrarySource::Path(p) => {
+            let full = manifest.dir().join(p);
+            if full.is_file() {
+                Ok(full)
+            } else {
+                Err(not_found(format!(
+                    "{} does not exist (library.path is relative to the manifest); build the plugin first",
+                    full.display()
+                )))
+            }
+        }
+        LibrarySource::Name(name) => {
+            let file = library_file_name(name);
+            for dir in &options.lib_dirs {
+                let candidate = dir.join(&file);
+                if candidate.is_file() {
+                    return Ok(candidate);
+                }
+            }
+            let searched: Vec<String> = options.lib_dirs.iter().map(|d| d.display().to_string()).collect();
+            Err(not_found(format!(
+                "no {file} in [{}]; build the plugin (cargo build) or add its directory with --lib-dir / GRIP_LIB_PATH",
+                searched.join(", ")
+            )))
+        }
+    }
+}
+
+/// The sha256 of a file, as lower-case hex.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Names of loaded plugins, indexed by the handle given to each in its host services.
+static LOG_HANDLES: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+extern "C" fn host_log(handle: u64, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
+    // A panic must not unwind into the plugin's frame.
+    let _ = std::panic::catch_unwind(|| {
+        let handles = LOG_HANDLES.read().unwrap_or_else(|e| e.into_inner());
+        let plugin = handles.get(handle as usize).map(String::as_str).unwrap_or("?");
+        let (target, message) = (target.as_str(), message.as_str());
+        match level {
+            LogLevel::ERROR => tracing::error!(target: "plugin", plugin, plugin_target = target, "{message}"),
+            LogLevel::WARN => tracing::warn!(target: "plugin", plugin, plugin_target = target, "{message}"),
+            LogLevel::INFO => tracing::info!(target: "plugin", plugin, plugin_target = target, "{message}"),
+            LogLevel::DEBUG => tracing::debug!(target: "plugin", plugin, plugin_target = target, "{message}"),
+            _ => tracing::trace!(target: "plugin", plugin, plugin_target = target, "{message}"),
+        }
+    });
+}
+
+fn host_services_for(id: &str) -> HostServicesV1 {
+    let mut handles = LOG_HANDLES.write().unwrap_or_else(|e| e.into_inner());
+    handles.push(id.to_owned());
+    HostServicesV1 {
+        handle: (handles.len() - 1) as u64,
+        log: host_log,
+    }
+}
+
+/// Reduces abi_stable's multi-hundred-line layout report to its first concrete mismatch.
+pub fn summarize_abi_error(report: &str) -> String {
+    let lines: Vec<&str> = report.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut summary = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("error:") || lower.starts_with("error ") {
+            summary.push(line.trim_start_matches("Error:").trim().to_string());
+            for follow in lines.iter().skip(i + 1).take(6) {
+                let fl = follow.to_ascii_lowercase();
+                if fl.starts_with("expected") || fl.starts_with("found") {
+                    summary.push((*follow).to_string());
+                }
+            }
+            break;
+        }
+    }
+    if summary.is_empty() {
+        summary.extend(lines.iter().take(2).map(|l| l.to_string()));
+    }
+    let mut one_line = summary.join("; ");
+    one_line = one_line.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.len() > 400 {
+        let mut cut = 400;
+        while !one_line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        one_line.truncate(cut);
+        one_line.push_str(" ...");
+    }
+    one_line
+}
+
+fn library_error(id: &str, library: &Path, e: LibraryError) -> LoadError {
+    match e {
+        LibraryError::AbiInstability(report) => LoadError::IncompatibleAbi {
+            id: id.to_owned(),
+            library: library.to_owned(),
+            detail: summarize_abi_error(&report.to_string()),
+        },
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::IncompatibleAbi {
+            id: id.to_owned(),
+            library: library.to_owned(),
+            detail: format!("root module version {actual_version}, this host needs {expected_version}"),
+        },
+        LibraryError::InvalidAbiHeader(h) => LoadError::IncompatibleAbi {
+            id: id.to_owned(),
+            library: library.to_owned(),
+            detail: format!(
+                "built with abi_stable {}.{}, which this host cannot load; rebuild against the current plugin-api",
+                h.abi_major, h.abi_minor
+            ),
+        },
+        LibraryError::GetSymbolError { .. } => LoadError::Open {
+            id: id.to_owned(),
+            library: library.to_owned(),
+            detail: "not a grip plugin (no abi_stable root module); did it call plugin_api::export_plugin!?".into(),
+        },
+        LibraryError::OpenError { err, .. } => LoadError::Open {
+            id: id.to_owned(),
+            library: library.to_owned(),
+            detail: err.to_string(),
+        },
+        other => LoadError::Open {
+            id: id.to_owned(),
+            library: library.to_owned(),
+            detail: other.to_string().lines().next().unwrap_or_default().to_owned(),
+        },
+    }
+}
+
+fn info_from_ffi(info: PluginInfoFfi) -> PluginInfo {
+    PluginInfo {
+        id: info.id.into_string(),
+        version: info.version.into_string(),
+        description: info.description.into_string(),
+        abi_generation: info.abi_generation,
+        wire_version: info.wire_version,
+        sdk_version: info.sdk_version.into_string(),
+        capabilities: info.capabilities,
+        panic_unwind: info.panic_strategy == PanicStrategy::UNWIND,
+    }
+}
+
+/// Loads the plugin a manifest describes, running every check.
+///
+/// # Errors
+/// A [`LoadError`] saying which check failed, with the plugin id and the file.
+pub fn load(manifest: Manifest, options: &LoaderOptions) -> Result<Plugin, LoadError> {
+    let id = manifest.id.clone();
+    let library = resolve_library(&manifest, options)?;
+
+    match &manifest.sha256 {
+        Some(expected) => {
+            let found = sha256_file(&library).map_err(|e| LoadError::Open {
+                id: id.clone(),
+                library: library.clone(),
+                detail: format!("cannot read: {e}"),
+            })?;
+            if &found != expected {
+                return Err(LoadError::HashMismatch {
+                    id,
+                    manifest: manifest.path.clone(),
+                    library,
+                    expected: expected.clone(),
+                    found,
+                });
+            }
+        }
+        None if options.require_hash => {
+            return Err(LoadError::HashRequired {
+                id,
+                manifest: manifest.path.clone(),
+                library,
+            });
+        }
+        None => {}
+    }
+
+    let header = lib_header_from_path(&library).map_err(|e| library_error(&id, &library, e))?;
+
+    let consts = header.root_mod_consts();
+    if consts.name().as_str() != ROOT_MODULE_NAME {
+        return Err(LoadError::Open {
+            id,
+            library,
+            detail: format!(
+                "not a grip plugin: its root module is `{}`, expected `{ROOT_MODULE_NAME}`",
+                consts.name()
+            ),
+        });
+    }
+    let version = consts.version_strings();
+    let major = version.version.as_str().split('.').next().unwrap_or_default();
+    let generation: Option<u32> = major.parse().ok();
+    match generation {
+        Some(g) if KNOWN_GENERATIONS.contains(&g) => {}
+        Some(g) if KNOWN_GENERATIONS.iter().all(|k| g > *k) => {
+            return Err(LoadError::IncompatibleAbi {
+                id,
+                library,
+                detail: format!(
+                    "built for ABI generation {g}, newer than this host knows ({}); upgrade the host",
+                    known_generations()
+                ),
+            });
+        }
+        _ => {
+            return Err(LoadError::IncompatibleAbi {
+                id,
+                library,
+                detail: format!(
+                    "unknown ABI generation `{major}` (this host knows {})",
+                    known_generations()
+                ),
+            });
+        }
+    }
+
+    let module: PluginModV1Ref = header
+        .init_root_module::<PluginModV1Ref>()
+        .map_err(|e| library_error(&id, &library, e))?;
+
+    let info = info_from_ffi((module.info())());
+    let refuse = |reason: String| LoadError::Refused {
+        id: id.clone(),
+        library: library.clone(),
+        reason,
+    };
+    if !info.panic_unwind {
+        return Err(refuse(
+            "built with panic = \"abort\": a panic in it would end the host; build it with panic = \"unwind\" (the default)"
+                .into(),
+        ));
+    }
+    if info.abi_generation != ABI_GENERATION_V1 {
+        return Err(refuse(format!(
+            "its info claims ABI generation {} but its root module is generation {ABI_GENERATION_V1}",
+            info.abi_generation
+        )));
+    }
+    if info.id != manifest.id {
+        return Err(refuse(format!(
+            "the library's id is `{}` but the manifest says `{}`",
+            info.id, manifest.id
+        )));
+    }
+    if let Some(v) = &manifest.version
+        && v != &info.version
+    {
+        return Err(refuse(format!(
+            "the library's version is {} but the manifest says {v}",
+            info.version
+        )));
+    }
+    if info.capabilities != manifest.capabilities {
+        return Err(refuse(format!(
+            "capabilities disagree: manifest declares {}, library implements {}",
+            describe_capabilities(manifest.capabilities),
+            describe_capabilities(info.capabilities)
+        )));
+    }
+    if info.wire_version < 1 {
+        return Err(refuse(format!("unsupported wire version {}", info.wire_version)));
+    }
+    if info.wire_version > WIRE_VERSION {
+        tracing::debug!(plugin = %id, "plugin speaks wire version {}, host {WIRE_VERSION}", info.wire_version);
+    }
+
+    if let Err(e) = (module.init())(host_services_for(&id)).into_result() {
+        let e = plugin_api::PluginError::from_ffi(e);
+        return Err(refuse(format!("init failed: {e}")));
+    }
+
+    Ok(Plugin::new(Arc::new(manifest), info, library, module))
+}
+
+fn known_generations() -> String {
+    KNOWN_GENERATIONS
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads the manifest at `path` and loads its plugin.
+///
+/// # Errors
+/// A [`LoadError`], [`LoadError::Manifest`] included.
+pub fn load_manifest(path: &Path, options: &LoaderOptions) -> Result<Plugin, LoadError> {
+    load(Manifest::load(path)?, options)
+}

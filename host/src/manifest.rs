@@ -1,0 +1,517 @@
+//! Plugin manifests: the TOML file that describes a plugin to the host.
+//!
+//! ```toml
+//! id = "scripted"                      # unique; must equal the id compiled into the library
+//! description = "Answers from a script" # optional
+//! version = "0.1.0"                    # optional; when present must equal the library's
+//! kinds = ["prompt_driver"]            # prompt_driver, tool, event_listener
+//!
+//! [library]
+//! name = "scripted_driver"             # found as libscripted_driver.so in the library path
+//! # path = "../target/release/libscripted_driver.so"   # or a path relative to this file
+//! # sha256 = "..."                     # enforced when present
+//!
+//! [capabilities]                       # one entry per kind: sync, async, stream
+//! prompt_driver = ["sync", "async", "stream"]
+//!
+//! [config]                             # default configuration handed to the plugin
+//! chunk_chars = 8
+//! ```
+//!
+//! Unknown fields are errors (a typo should not be silently ignored), and every error names the
+//! file, the line and the column.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use plugin_api::abi::Capabilities;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A kind of plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Answers prompts.
+    PromptDriver,
+    /// Offers activities the model can call.
+    Tool,
+    /// Receives events.
+    EventListener,
+}
+
+impl Kind {
+    /// Every kind, in display order.
+    pub const ALL: [Kind; 3] = [Kind::PromptDriver, Kind::Tool, Kind::EventListener];
+
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::PromptDriver => "prompt_driver",
+            Kind::Tool => "tool",
+            Kind::EventListener => "event_listener",
+        }
+    }
+
+    fn shift(self) -> u32 {
+        match self {
+            Kind::PromptDriver => Capabilities::DRIVER_SHIFT,
+            Kind::Tool => Capabilities::TOOL_SHIFT,
+            Kind::EventListener => Capabilities::LISTENER_SHIFT,
+        }
+    }
+
+    fn modes(self) -> &'static [Mode] {
+        match self {
+            Kind::PromptDriver => &[Mode::Sync, Mode::Async, Mode::Stream],
+            Kind::Tool | Kind::EventListener => &[Mode::Sync, Mode::Async],
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A way of calling a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Blocking call.
+    Sync,
+    /// Future.
+    Async,
+    /// Stream of deltas (prompt drivers only).
+    Stream,
+}
+
+impl Mode {
+    fn bit(self) -> u32 {
+        match self {
+            Mode::Sync => 1,
+            Mode::Async => 2,
+            Mode::Stream => 4,
+        }
+    }
+
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+            Mode::Stream => "stream",
+        }
+    }
+}
+
+/// The capability bit of one kind in one mode.
+pub fn capability(kind: Kind, mode: Mode) -> Capabilities {
+    Capabilities(mode.bit() << kind.shift())
+}
+
+/// Renders a capability set the way a manifest spells it: `prompt_driver[sync,async] tool[sync]`.
+pub fn describe_capabilities(caps: Capabilities) -> String {
+    let mut parts = Vec::new();
+    for kind in Kind::ALL {
+        let modes: Vec<&str> = kind
+            .modes()
+            .iter()
+            .filter(|m| caps.contains(capability(kind, **m)))
+            .map(|m| m.as_str())
+            .collect();
+        if !modes.is_empty() {
+            parts.push(format!("{kind}[{}]", modes.join(",")));
+        }
+    }
+    let unknown = caps.0 & !Capabilities::ALL_KNOWN.0;
+    if unknown != 0 {
+        parts.push(format!("unknown({unknown:#x})"));
+    }
+    if parts.is_empty() { "none".into() } else { parts.join(" ") }
+}
+
+/// Where the plugin's shared library is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LibrarySource {
+    /// A path, resolved relative to the manifest's directory.
+    Path(PathBuf),
+    /// A library name (`scripted_driver`), looked up as `lib<name>.so` in the library path.
+    Name(String),
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Unique plugin id.
+    pub id: String,
+    /// Optional description.
+    pub description: Option<String>,
+    /// Optional version the library must report.
+    pub version: Option<String>,
+    /// Declared kinds.
+    pub kinds: Vec<Kind>,
+    /// The library.
+    pub library: LibrarySource,
+    /// Pinned sha256 of the library (lower-case hex).
+    pub sha256: Option<String>,
+    /// Declared capabilities.
+    pub capabilities: Capabilities,
+    /// Default configuration for the plugin's instances.
+    pub config: serde_json::Value,
+}
+
+/// A manifest that could not be read or is invalid.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), location(*line, *column))]
+pub struct ManifestError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+fn location(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(":{l}:{c}"),
+        (Some(l), None) => format!(":{l}"),
+        _ => String::new(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    id: Spanned<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    version: Option<Spanned<String>>,
+    kinds: Spanned<Vec<Kind>>,
+    library: Spanned<RawLibrary>,
+    capabilities: Spanned<BTreeMap<Kind, Spanned<Vec<Mode>>>>,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLibrary {
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    #[serde(default)]
+    name: Option<Spanned<String>>,
+    #[serde(default)]
+    sha256: Option<Spanned<String>>,
+}
+
+/// 1-based line and column of byte offset `offset` in `src`.
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, col)
+}
+
+impl Manifest {
+    /// Reads and validates the manifest at `path`.
+    ///
+    /// # Errors
+    /// A [`ManifestError`] naming the file, the line and the field.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            path: path.to_owned(),
+            line: None,
+            column: None,
+            message: format!("cannot read manifest: {e}"),
+        })?;
+        Self::parse(path, &src)
+    }
+
+    /// Parses and validates manifest text; `path` is used for errors and relative paths.
+    ///
+    /// # Errors
+    /// A [`ManifestError`] naming the file, the line and the field.
+    pub fn parse(path: &Path, src: &str) -> Result<Self, ManifestError> {
+        let err_at = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, column) = match span {
+                Some(s) => {
+                    let (l, c) = line_col(src, s.start);
+                    (Some(l), Some(c))
+                }
+                None => (None, None),
+            };
+            ManifestError {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+
+        let raw: RawManifest = toml::from_str(src).map_err(|e| err_at(e.span(), e.message().trim().to_owned()))?;
+
+        let id = raw.id.get_ref().trim();
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(err_at(
+                Some(raw.id.span()),
+                format!(
+                    "field `id`: {:?} is not a valid plugin id (1 to 64 of a-z, 0-9, '-', '_', '.')",
+                    raw.id.get_ref()
+                ),
+            ));
+        }
+
+        let kinds = raw.kinds.get_ref().clone();
+        if kinds.is_empty() {
+            return Err(err_at(
+                Some(raw.kinds.span()),
+                "field `kinds`: at least one of prompt_driver, tool, event_listener is needed".into(),
+            ));
+        }
+        for (i, k) in kinds.iter().enumerate() {
+            if kinds[..i].contains(k) {
+                return Err(err_at(Some(raw.kinds.span()), format!("field `kinds`: `{k}` is listed twice")));
+            }
+        }
+
+        let mut capabilities = Capabilities::NONE;
+        let caps_table = raw.capabilities.get_ref();
+        for (kind, modes) in caps_table {
+            if !kinds.contains(kind) {
+                return Err(err_at(
+                    Some(modes.span()),
+                    format!("field `capabilities.{kind}`: `{kind}` is not in `kinds`"),
+                ));
+            }
+            if modes.get_ref().is_empty() {
+                return Err(err_at(
+                    Some(modes.span()),
+                    format!("field `capabilities.{kind}`: list at least one of sync, async, stream"),
+                ));
+            }
+            for mode in modes.get_ref() {
+                if !kind.modes().contains(mode) {
+                    return Err(err_at(
+                        Some(modes.span()),
+                        format!(
+                            "field `capabilities.{kind}`: `{}` is not a mode of a {kind} (only prompt drivers stream)",
+                            mode.as_str()
+                        ),
+                    ));
+                }
+                capabilities = capabilities | capability(*kind, *mode);
+            }
+        }
+        for kind in &kinds {
+            if !caps_table.contains_key(kind) {
+                return Err(err_at(
+                    Some(raw.capabilities.span()),
+                    format!("field `capabilities`: kind `{kind}` is declared but has no `{kind} = [...]` entry"),
+                ));
+            }
+        }
+
+        let lib = raw.library.get_ref();
+        let library = match (&lib.path, &lib.name) {
+            (Some(p), None) if !p.get_ref().trim().is_empty() => LibrarySource::Path(PathBuf::from(p.get_ref())),
+            (None, Some(n)) if !n.get_ref().trim().is_empty() => {
+                let name = n.get_ref();
+                if name.contains(['/', '\\']) {
+                    return Err(err_at(
+                        Some(n.span()),
+                        "field `library.name`: a name has no directory part; use `library.path` for a path".into(),
+                    ));
+                }
+                LibrarySource::Name(name.clone())
+            }
+            (Some(_), Some(n)) => {
+                return Err(err_at(
+                    Some(n.span()),
+                    "field `library`: give either `path` or `name`, not both".into(),
+                ));
+            }
+            (Some(s), None) | (None, Some(s)) => {
+                return Err(err_at(Some(s.span()), "field `library`: the path or name is empty".into()));
+            }
+            (None, None) => {
+                return Err(err_at(
+                    Some(raw.library.span()),
+                    "field `library`: give `path` (relative to the manifest) or `name` (e.g. \"my_plugin\")".into(),
+                ));
+            }
+        };
+
+        let sha256 = match &lib.sha256 {
+            None => None,
+            Some(s) => {
+                let h = s.get_ref().trim().to_ascii_lowercase();
+                if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(err_at(
+                        Some(s.span()),
+                        "field `library.sha256`: expected 64 hex digits (run `grip plugins hash <library>`)".into(),
+                    ));
+                }
+                Some(h)
+            }
+        };
+
+        let version = match raw.version {
+            Some(v) if v.get_ref().trim().is_empty() => {
+                return Err(err_at(Some(v.span()), "field `version`: must not be empty".into()));
+            }
+            Some(v) => Some(v.into_inner()),
+            None => None,
+        };
+
+        let config = serde_json::to_value(&raw.config)
+            .map_err(|e| err_at(None, format!("field `config`: cannot be represented as JSON: {e}")))?;
+
+        Ok(Manifest {
+            path: path.to_owned(),
+            id: id.to_owned(),
+            description: raw.description,
+            version,
+            kinds,
+            library,
+            sha256,
+            capabilities,
+            config,
+        })
+    }
+
+    /// The directory relative paths are resolved against.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// Every `*.toml` file directly in `dir`, sorted by name.
+///
+/// # Errors
+/// When the directory cannot be read.
+pub fn manifests_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(Path::new("m/test.toml"), src)
+    }
+
+    const GOOD: &str = r#"
+id = "scripted"
+kinds = ["prompt_driver", "tool"]
+
+[library]
+name = "scripted_driver"
+
+[capabilities]
+prompt_driver = ["sync", "async", "stream"]
+tool = ["async"]
+
+[config]
+chunk_chars = 3
+nested = { a = 1 }
+"#;
+
+    #[test]
+    fn a_good_manifest_parses() {
+        let m = parse(GOOD).unwrap();
+        assert_eq!(m.id, "scripted");
+        assert_eq!(m.library, LibrarySource::Name("scripted_driver".into()));
+        assert_eq!(
+            m.capabilities,
+            Capabilities::DRIVER_SYNC | Capabilities::DRIVER_ASYNC | Capabilities::DRIVER_STREAM | Capabilities::TOOL_ASYNC
+        );
+        assert_eq!(m.config["nested"]["a"], 1);
+        assert_eq!(
+            describe_capabilities(m.capabilities),
+            "prompt_driver[sync,async,stream] tool[async]"
+        );
+    }
+
+    #[test]
+    fn malformed_toml_names_file_and_line() {
+        let e = parse("id = \"x\"\nkinds = [\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("m/test.toml:"), "{s}");
+        assert!(e.line.is_some(), "{s}");
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_with_its_line() {
+        let src = GOOD.replace("kinds =", "colour = \"red\"\nkinds =");
+        let e = parse(&src).unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error_with_its_line() {
+        let src = GOOD.replace("kinds = [\"prompt_driver\", \"tool\"]", "kinds = 3");
+        let e = parse(&src).unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn unknown_mode_and_kind_are_errors() {
+        let e = parse(&GOOD.replace("[\"async\"]", "[\"fast\"]")).unwrap_err();
+        assert!(e.message.contains("unknown variant `fast`"), "{e}");
+        assert_eq!(e.line, Some(10), "{e}");
+        let e = parse(&GOOD.replace("\"tool\"]", "\"toaster\"]")).unwrap_err();
+        assert!(e.message.contains("unknown variant `toaster`"), "{e}");
+    }
+
+    #[test]
+    fn capabilities_must_match_kinds() {
+        let e = parse(&GOOD.replace("tool = [\"async\"]\n", "")).unwrap_err();
+        assert!(e.message.contains("kind `tool` is declared but has no"), "{e}");
+        let e = parse(&GOOD.replace("tool = [\"async\"]", "tool = [\"stream\"]")).unwrap_err();
+        assert!(e.message.contains("only prompt drivers stream"), "{e}");
+        assert_eq!(e.line, Some(10));
+    }
+
+    #[test]
+    fn library_needs_exactly_one_source_and_a_valid_hash() {
+        let e = parse(&GOOD.replace("name = \"scripted_driver\"", "")).unwrap_err();
+        assert!(e.message.contains("give `path`"), "{e}");
+        let e = parse(&GOOD.replace("name = \"scripted_driver\"", "name = \"a\"\npath = \"b\"")).unwrap_err();
+        assert!(e.message.contains("not both"), "{e}");
+        let e = parse(&GOOD.replace("name = \"scripted_driver\"", "name = \"a\"\nsha256 = \"abc\"")).unwrap_err();
+        assert!(e.message.contains("64 hex digits"), "{e}");
+        assert_eq!(e.line, Some(7));
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        let e = parse(&GOOD.replace("id = \"scripted\"", "id = \"Has Spaces\"")).unwrap_err();
+        assert!(e.message.contains("not a valid plugin id"), "{e}");
+        assert_eq!(e.line, Some(2));
+    }
+}

@@ -1,0 +1,466 @@
+//! A loaded plugin and safe handles to its instances.
+//!
+//! Handles check the declared capability before every call (an undeclared mode is an error
+//! naming the plugin and the mode, never a call into the plugin), convert JSON both ways, and
+//! turn every failure into a [`CallError`] naming the plugin. A future or stream poll that
+//! panics despite the SDK's guards (a plugin not built with our SDK) is caught here too.
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::{FutureExt, Stream};
+use plugin_api::abi::{Capabilities, DeltaStreamBox, ListenerBox, PluginModV1Ref, PromptDriverBox, ToolBox};
+use plugin_api::abi_stable::std_types::{RNone, RResult, RSome, RString};
+use plugin_api::async_ffi::{ContextExt, FfiPoll};
+use plugin_api::wire::{Event, PromptRequest, PromptResponse, StreamDelta, ToolInvocation, ToolOutput, ToolSpec};
+use plugin_api::{ErrorKind, PluginError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::CallError;
+use crate::manifest::{Kind, Manifest, Mode, capability};
+
+/// What a plugin says about itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    /// Plugin id.
+    pub id: String,
+    /// Plugin crate version.
+    pub version: String,
+    /// One-line description.
+    pub description: String,
+    /// ABI generation.
+    pub abi_generation: u32,
+    /// Wire schema version it speaks.
+    pub wire_version: u32,
+    /// plugin-api version it was built with.
+    pub sdk_version: String,
+    /// What it implements.
+    #[serde(skip)]
+    pub capabilities: Capabilities,
+    /// Built with `panic = "unwind"`.
+    pub panic_unwind: bool,
+}
+
+/// A loaded, checked plugin. Cheap to clone.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
+    manifest: Arc<Manifest>,
+    info: PluginInfo,
+    library: PathBuf,
+    module: PluginModV1Ref,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("id", &self.inner.info.id)
+            .field("library", &self.inner.library)
+            .finish()
+    }
+}
+
+/// Merges `overrides` into `base`: objects recursively, anything else replaced.
+pub fn merge_config(base: &mut serde_json::Value, overrides: &serde_json::Value) {
+    match (base, overrides) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(existing) => merge_config(existing, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+fn to_call_error<T>(plugin: &str, op: &'static str, r: RResult<T, plugin_api::abi::PluginErrorFfi>) -> Result<T, CallError> {
+    r.into_result()
+        .map_err(|e| CallError::from_plugin(plugin, op, PluginError::from_ffi(e)))
+}
+
+fn decode<T: DeserializeOwned>(plugin: &str, op: &'static str, json: &RString) -> Result<T, CallError> {
+    serde_json::from_str(json.as_str()).map_err(|e| {
+        let snippet: String = json.as_str().chars().take(120).collect();
+        CallError::host(
+            plugin,
+            op,
+            ErrorKind::InvalidInput,
+            format!("returned malformed JSON ({e}): {snippet}"),
+        )
+    })
+}
+
+fn encode<T: Serialize>(plugin: &str, op: &'static str, value: &T) -> Result<String, CallError> {
+    serde_json::to_string(value)
+        .map_err(|e| CallError::host(plugin, op, ErrorKind::Internal, format!("cannot encode request: {e}")))
+}
+
+impl Plugin {
+    pub(crate) fn new(manifest: Arc<Manifest>, info: PluginInfo, library: PathBuf, module: PluginModV1Ref) -> Self {
+        Self {
+            inner: Arc::new(PluginInner {
+                manifest,
+                info,
+                library,
+                module,
+            }),
+        }
+    }
+
+    /// Plugin id.
+    pub fn id(&self) -> &str {
+        &self.inner.info.id
+    }
+
+    /// What the library says about itself.
+    pub fn info(&self) -> &PluginInfo {
+        &self.inner.info
+    }
+
+    /// The manifest it was loaded from.
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    /// The library file.
+    pub fn library(&self) -> &Path {
+        &self.inner.library
+    }
+
+    /// Its capabilities (manifest and library agree; checked at load).
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.info.capabilities
+    }
+
+    /// Whether it provides `kind` in `mode`.
+    pub fn can(&self, kind: Kind, mode: Mode) -> bool {
+        self.capabilities().contains(capability(kind, mode))
+    }
+
+    /// Whether it provides `kind` at all.
+    pub fn is(&self, kind: Kind) -> bool {
+        self.inner.manifest.kinds.contains(&kind)
+    }
+
+    fn config_json(&self, overrides: Option<&serde_json::Value>) -> String {
+        let mut config = self.inner.manifest.config.clone();
+        if let Some(o) = overrides {
+            merge_config(&mut config, o);
+        }
+        config.to_string()
+    }
+
+    fn require_kind(&self, kind: Kind, op: &'static str) -> Result<(), CallError> {
+        if self.is(kind) {
+            Ok(())
+        } else {
+            Err(CallError::host(
+                self.id(),
+                op,
+                ErrorKind::Unsupported,
+                format!("is not a {kind} (its kinds: {:?})", self.inner.manifest.kinds),
+            ))
+        }
+    }
+
+    /// Makes a prompt driver, with `overrides` merged over the manifest's config.
+    ///
+    /// # Errors
+    /// When the plugin is not a driver or rejects the config.
+    pub fn new_driver(&self, overrides: Option<&serde_json::Value>) -> Result<Driver, CallError> {
+        self.require_kind(Kind::PromptDriver, "new_driver")?;
+        let config = self.config_json(overrides);
+        let inner = to_call_error(
+            self.id(),
+            "new_driver",
+            (self.inner.module.new_driver())(config.as_str().into()),
+        )?;
+        Ok(Driver {
+            plugin: self.clone(),
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Makes a tool, with `overrides` merged over the manifest's config.
+    ///
+    /// # Errors
+    /// When the plugin is not a tool, rejects the config, or returns a bad spec.
+    pub fn new_tool(&self, overrides: Option<&serde_json::Value>) -> Result<ToolHandle, CallError> {
+        self.require_kind(Kind::Tool, "new_tool")?;
+        let config = self.config_json(overrides);
+        let inner = to_call_error(self.id(), "new_tool", (self.inner.module.new_tool())(config.as_str().into()))?;
+        let spec_json = to_call_error(self.id(), "spec", inner.spec())?;
+        let spec: ToolSpec = decode(self.id(), "spec", &spec_json)?;
+        if spec.activities.is_empty() {
+            return Err(CallError::host(self.id(), "spec", ErrorKind::InvalidInput, "tool spec has no activities"));
+        }
+        Ok(ToolHandle {
+            plugin: self.clone(),
+            spec: Arc::new(spec),
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Makes an event listener driver, with `overrides` merged over the manifest's config.
+    ///
+    /// # Errors
+    /// When the plugin is not a listener or rejects the config.
+    pub fn new_listener(&self, overrides: Option<&serde_json::Value>) -> Result<ListenerHandle, CallError> {
+        self.require_kind(Kind::EventListener, "new_listener")?;
+        let config = self.config_json(overrides);
+        let inner = to_call_error(
+            self.id(),
+            "new_listener",
+            (self.inner.module.new_listener())(config.as_str().into()),
+        )?;
+        Ok(ListenerHandle {
+            plugin: self.clone(),
+            inner: Arc::new(inner),
+        })
+    }
+
+    fn require(&self, kind: Kind, mode: Mode, op: &'static str) -> Result<(), CallError> {
+        if self.can(kind, mode) {
+            Ok(())
+        } else {
+            Err(CallError::host(
+                self.id(),
+                op,
+                ErrorKind::Unsupported,
+                format!(
+                    "lacks the `{}` capability for a {kind} (it declares {})",
+                    mode.as_str(),
+                    crate::manifest::describe_capabilities(self.capabilities())
+                ),
+            ))
+        }
+    }
+}
+
+/// Awaits a plugin future, turning a poll that panicked through the boundary into an error.
+async fn guarded<T>(
+    plugin: &str,
+    op: &'static str,
+    fut: impl std::future::Future<Output = RResult<T, plugin_api::abi::PluginErrorFfi>>,
+) -> Result<T, CallError> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(r) => to_call_error(plugin, op, r),
+        Err(_) => Err(CallError::host(
+            plugin,
+            op,
+            ErrorKind::Panic,
+            "the plugin's future panicked (no message: it was not guarded by the plugin SDK)",
+        )),
+    }
+}
+
+/// A prompt driver instance. Cheap to clone; usable from many tasks at once.
+#[derive(Clone)]
+pub struct Driver {
+    plugin: Plugin,
+    inner: Arc<PromptDriverBox>,
+}
+
+impl Driver {
+    /// The plugin it came from.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// Blocking prompt.
+    ///
+    /// # Errors
+    /// When the driver lacks the sync capability or the call fails.
+    pub fn prompt(&self, request: &PromptRequest) -> Result<PromptResponse, CallError> {
+        let id = self.plugin.id();
+        self.plugin.require(Kind::PromptDriver, Mode::Sync, "prompt")?;
+        let req = encode(id, "prompt", request)?;
+        let out = to_call_error(id, "prompt", self.inner.prompt(req.as_str().into()))?;
+        decode(id, "prompt", &out)
+    }
+
+    /// Async prompt. Dropping the future cancels the plugin's work.
+    ///
+    /// # Errors
+    /// When the driver lacks the async capability or the call fails.
+    pub async fn prompt_async(&self, request: &PromptRequest) -> Result<PromptResponse, CallError> {
+        let id = self.plugin.id();
+        self.plugin.require(Kind::PromptDriver, Mode::Async, "prompt_async")?;
+        let req = encode(id, "prompt_async", request)?;
+        let out = guarded(id, "prompt_async", self.inner.prompt_async(req.into())).await?;
+        decode(id, "prompt_async", &out)
+    }
+
+    /// Opens a stream of deltas. Poll it from async code, or iterate it with
+    /// [`DriverStream::blocking_iter`] on the sync path. Dropping it cancels it.
+    ///
+    /// # Errors
+    /// When the driver lacks the stream capability or refuses the request.
+    pub fn stream(&self, request: &PromptRequest) -> Result<DriverStream, CallError> {
+        let id = self.plugin.id();
+        self.plugin.require(Kind::PromptDriver, Mode::Stream, "stream")?;
+        let req = encode(id, "stream", request)?;
+        let inner = to_call_error(id, "stream", self.inner.stream(req.into()))?;
+        Ok(DriverStream {
+            plugin: self.plugin.clone(),
+            inner: Some(Box::new(inner)),
+        })
+    }
+}
+
+/// A stream of [`StreamDelta`]s from a driver plugin.
+pub struct DriverStream {
+    plugin: Plugin,
+    // Boxed because abi_stable's trait objects are not `Unpin`.
+    inner: Option<Box<DeltaStreamBox>>,
+}
+
+impl DriverStream {
+    /// Iterates the stream, blocking the calling thread for each item.
+    pub fn blocking_iter(self) -> impl Iterator<Item = Result<StreamDelta, CallError>> {
+        futures::executor::block_on_stream(self)
+    }
+}
+
+impl Stream for DriverStream {
+    type Item = Result<StreamDelta, CallError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let id = this.plugin.id();
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| cx.with_ffi_context(|fcx| inner.poll_next(fcx))));
+        match polled {
+            Ok(FfiPoll::Pending) => Poll::Pending,
+            Ok(FfiPoll::Ready(RNone)) => {
+                this.inner = None;
+                Poll::Ready(None)
+            }
+            Ok(FfiPoll::Ready(RSome(item))) => Poll::Ready(Some(
+                to_call_error(id, "stream", item).and_then(|json| decode(id, "stream", &json)),
+            )),
+            Ok(FfiPoll::Panicked) | Err(_) => {
+                this.inner = None;
+                Poll::Ready(Some(Err(CallError::host(
+                    id,
+                    "stream",
+                    ErrorKind::Panic,
+                    "the plugin's stream panicked (no message: it was not guarded by the plugin SDK)",
+                ))))
+            }
+        }
+    }
+}
+
+/// A tool instance with its spec. Cheap to clone.
+#[derive(Clone)]
+pub struct ToolHandle {
+    plugin: Plugin,
+    spec: Arc<ToolSpec>,
+    inner: Arc<ToolBox>,
+}
+
+impl ToolHandle {
+    /// The plugin it came from.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// The tool's spec, read once at creation.
+    pub fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    /// Blocking call.
+    ///
+    /// # Errors
+    /// When the tool lacks the sync capability or the call fails.
+    pub fn call(&self, invocation: &ToolInvocation) -> Result<ToolOutput, CallError> {
+        let id = self.plugin.id();
+        self.plugin.require(Kind::Tool, Mode::Sync, "call")?;
+        let inv = encode(id, "call", invocation)?;
+        let out = to_call_error(id, "call", self.inner.call(inv.as_str().into()))?;
+        decode(id, "call", &out)
+    }
+
+    /// Async call.
+    ///
+    /// # Errors
+    /// When the tool lacks the async capability or the call fails.
+    pub async fn call_async(&self, invocation: &ToolInvocation) -> Result<ToolOutput, CallError> {
+        let id = self.plugin.id();
+        self.plugin.require(Kind::Tool, Mode::Async, "call_async")?;
+        let inv = encode(id, "call_async", invocation)?;
+        let out = guarded(id, "call_async", self.inner.call_async(inv.into())).await?;
+        decode(id, "call_async", &out)
+    }
+}
+
+/// An event listener driver instance. Cheap to clone.
+#[derive(Clone)]
+pub struct ListenerHandle {
+    plugin: Plugin,
+    inner: Arc<ListenerBox>,
+}
+
+impl ListenerHandle {
+    /// The plugin it came from.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// Blocking publish of a batch.
+    ///
+    /// # Errors
+    /// When the listener lacks the sync capability or fails.
+    pub fn publish(&self, events: &[Event]) -> Result<(), CallError> {
+        let id = self.plugin.id();
+        self.plugin.require(Kind::EventListener, Mode::Sync, "publish")?;
+        let batch = encode(id, "publish", &events)?;
+        to_call_error(id, "publish", self.inner.publish(batch.as_str().into()))
+    }
+
+    /// Async publish of a batch.
+    ///
+    /// # Errors
+    /// When the listener lacks the async capability or fails.
+    pub async fn publish_async(&self, events: &[Event]) -> Result<(), CallError> {
+        let id = self.plugin.id();
+        self.plugin.require(Kind::EventListener, Mode::Async, "publish_async")?;
+        let batch = encode(id, "publish_async", &events)?;
+        guarded(id, "publish_async", self.inner.publish_async(batch.into())).await
+    }
+
+    /// Blocking flush.
+    ///
+    /// # Errors
+    /// When the listener fails to flush.
+    pub fn flush(&self) -> Result<(), CallError> {
+        let id = self.plugin.id();
+        self.plugin.require(Kind::EventListener, Mode::Sync, "flush")?;
+        to_call_error(id, "flush", self.inner.flush())
+    }
+
+    /// Async flush.
+    ///
+    /// # Errors
+    /// When the listener fails to flush.
+    pub async fn flush_async(&self) -> Result<(), CallError> {
+        let id = self.plugin.id();
+        self.plugin.require(Kind::EventListener, Mode::Async, "flush_async")?;
+        guarded(id, "flush_async", self.inner.flush_async()).await
+    }
+}
