@@ -122,7 +122,12 @@ impl CallError {
     }
 
     /// An error raised by the host about a plugin call.
-    pub fn host(plugin: &str, operation: &'static str, kind: ErrorKind, message: impl Into<String>) -> Self {
+    pub fn host(
+        plugin: &str,
+        operation: &'static str,
+        kind: ErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             plugin: plugin.to_owned(),
             operation,

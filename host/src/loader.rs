@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use plugin_api::abi::{
-    ABI_GENERATION_V1, HostServicesV1, LogLevel, PanicStrategy, PluginInfoFfi, PluginModV1Ref, ROOT_MODULE_NAME,
+    ABI_GENERATION_V1, HostServicesV1, LogLevel, PanicStrategy, PluginInfoFfi, PluginModV1Ref,
+    ROOT_MODULE_NAME,
 };
 use plugin_api::abi_stable::library::{LibraryError, lib_header_from_path};
 use plugin_api::abi_stable::std_types::RStr;
@@ -49,7 +50,10 @@ impl LoaderOptions {
         let mut dirs: Vec<PathBuf> = std::env::var_os("GRIP_LIB_PATH")
             .map(|v| std::env::split_paths(&v).collect())
             .unwrap_or_default();
-        if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_owned)) {
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_owned))
+        {
             dirs.push(dir);
         }
         dirs
@@ -58,7 +62,11 @@ impl LoaderOptions {
 
 /// The platform file name of library `name` (`libname.so` on Linux).
 pub fn library_file_name(name: &str) -> String {
-    format!("{}{name}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX)
+    format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
 }
 
 /// Resolves the manifest's library to an existing file.
@@ -91,7 +99,11 @@ pub fn resolve_library(manifest: &Manifest, options: &LoaderOptions) -> Result<P
                     return Ok(candidate);
                 }
             }
-            let searched: Vec<String> = options.lib_dirs.iter().map(|d| d.display().to_string()).collect();
+            let searched: Vec<String> = options
+                .lib_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
             Err(not_found(format!(
                 "no {file} in [{}]; build the plugin (cargo build) or add its directory with --lib-dir / GRIP_LIB_PATH",
                 searched.join(", ")
@@ -118,13 +130,24 @@ extern "C" fn host_log(handle: u64, level: LogLevel, target: RStr<'_>, message: 
     // A panic must not unwind into the plugin's frame.
     let _ = std::panic::catch_unwind(|| {
         let handles = LOG_HANDLES.read().unwrap_or_else(|e| e.into_inner());
-        let plugin = handles.get(handle as usize).map(String::as_str).unwrap_or("?");
+        let plugin = handles
+            .get(handle as usize)
+            .map(String::as_str)
+            .unwrap_or("?");
         let (target, message) = (target.as_str(), message.as_str());
         match level {
-            LogLevel::ERROR => tracing::error!(target: "plugin", plugin, plugin_target = target, "{message}"),
-            LogLevel::WARN => tracing::warn!(target: "plugin", plugin, plugin_target = target, "{message}"),
-            LogLevel::INFO => tracing::info!(target: "plugin", plugin, plugin_target = target, "{message}"),
-            LogLevel::DEBUG => tracing::debug!(target: "plugin", plugin, plugin_target = target, "{message}"),
+            LogLevel::ERROR => {
+                tracing::error!(target: "plugin", plugin, plugin_target = target, "{message}")
+            }
+            LogLevel::WARN => {
+                tracing::warn!(target: "plugin", plugin, plugin_target = target, "{message}")
+            }
+            LogLevel::INFO => {
+                tracing::info!(target: "plugin", plugin, plugin_target = target, "{message}")
+            }
+            LogLevel::DEBUG => {
+                tracing::debug!(target: "plugin", plugin, plugin_target = target, "{message}")
+            }
             _ => tracing::trace!(target: "plugin", plugin, plugin_target = target, "{message}"),
         }
     });
@@ -139,28 +162,50 @@ fn host_services_for(id: &str) -> HostServicesV1 {
     }
 }
 
-/// Reduces abi_stable's multi-hundred-line layout report to its first concrete mismatch.
+/// Reduces abi_stable's multi-hundred-line layout report to one line: the type where the
+/// first mismatch is, the mismatch, and its Expected/Found values.
 pub fn summarize_abi_error(report: &str) -> String {
-    let lines: Vec<&str> = report.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let mut summary = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        let lower = line.to_ascii_lowercase();
-        if lower.starts_with("error:") || lower.starts_with("error ") {
-            summary.push(line.trim_start_matches("Error:").trim().to_string());
-            for follow in lines.iter().skip(i + 1).take(6) {
-                let fl = follow.to_ascii_lowercase();
-                if fl.starts_with("expected") || fl.starts_with("found") {
-                    summary.push((*follow).to_string());
-                }
-            }
-            break;
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let inside_type = lines
+        .iter()
+        .position(|l| l.contains("error(s)inside:"))
+        .and_then(|i| lines[i..].iter().find_map(|l| l.strip_prefix("type:")));
+    let mut summary = String::new();
+    if let Some(i) = lines.iter().position(|l| l.starts_with("Error:")) {
+        if let Some(t) = inside_type {
+            summary.push_str(&format!("in {t}: "));
         }
+        summary.push_str(lines[i].trim_start_matches("Error:").trim());
+        let mut section = "";
+        let (mut expected, mut found) = (Vec::new(), Vec::new());
+        for l in &lines[i + 1..] {
+            match *l {
+                "Expected:" => section = "expected",
+                "Found:" => section = "found",
+                l if l.starts_with("Error:") || l.is_empty() && section == "found" => break,
+                "" => {}
+                l if section == "expected" => expected.push(l),
+                l if section == "found" => found.push(l),
+                _ => {}
+            }
+        }
+        if !expected.is_empty() || !found.is_empty() {
+            summary.push_str(&format!(
+                ": expected {}, found {}",
+                expected.join(" "),
+                found.join(" ")
+            ));
+        }
+    } else {
+        summary = lines
+            .iter()
+            .filter(|l| !l.is_empty())
+            .take(2)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("; ");
     }
-    if summary.is_empty() {
-        summary.extend(lines.iter().take(2).map(|l| l.to_string()));
-    }
-    let mut one_line = summary.join("; ");
-    one_line = one_line.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut one_line = summary.split_whitespace().collect::<Vec<_>>().join(" ");
     if one_line.len() > 400 {
         let mut cut = 400;
         while !one_line.is_char_boundary(cut) {
@@ -276,7 +321,12 @@ pub fn load(manifest: Manifest, options: &LoaderOptions) -> Result<Plugin, LoadE
         });
     }
     let version = consts.version_strings();
-    let major = version.version.as_str().split('.').next().unwrap_or_default();
+    let major = version
+        .version
+        .as_str()
+        .split('.')
+        .next()
+        .unwrap_or_default();
     let generation: Option<u32> = major.parse().ok();
     match generation {
         Some(g) if KNOWN_GENERATIONS.contains(&g) => {}
@@ -346,7 +396,10 @@ pub fn load(manifest: Manifest, options: &LoaderOptions) -> Result<Plugin, LoadE
         )));
     }
     if info.wire_version < 1 {
-        return Err(refuse(format!("unsupported wire version {}", info.wire_version)));
+        return Err(refuse(format!(
+            "unsupported wire version {}",
+            info.wire_version
+        )));
     }
     if info.wire_version > WIRE_VERSION {
         tracing::debug!(plugin = %id, "plugin speaks wire version {}, host {WIRE_VERSION}", info.wire_version);

@@ -114,7 +114,9 @@ enum PromptMode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRIP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -150,7 +152,11 @@ fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
                 serde_json::to_writer_pretty(&mut out, &rows)?;
                 writeln!(out)?;
             } else {
-                writeln!(out, "{:<16} {:<15} {:<8} {:<8} {:<40} PATH", "ID", "KIND", "VERSION", "STATUS", "CAPABILITIES")?;
+                writeln!(
+                    out,
+                    "{:<16} {:<15} {:<8} {:<8} {:<40} PATH",
+                    "ID", "KIND", "VERSION", "STATUS", "CAPABILITIES"
+                )?;
                 for r in rows {
                     let kinds: Vec<&str> = r.kinds.iter().map(|k| k.as_str()).collect();
                     let path = r.library.as_ref().unwrap_or(&r.manifest);
@@ -158,10 +164,18 @@ fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
                         out,
                         "{:<16} {:<15} {:<8} {:<8} {:<40} {}",
                         r.id,
-                        if kinds.is_empty() { "-".into() } else { kinds.join(",") },
+                        if kinds.is_empty() {
+                            "-".into()
+                        } else {
+                            kinds.join(",")
+                        },
                         r.version.as_deref().unwrap_or("-"),
                         r.status,
-                        if r.capabilities.is_empty() { "-" } else { &r.capabilities },
+                        if r.capabilities.is_empty() {
+                            "-"
+                        } else {
+                            &r.capabilities
+                        },
                         path.display()
                     )?;
                     if let Some(reason) = r.reason {
@@ -175,7 +189,9 @@ fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
             let mut registry = Registry::new();
             match registry.add_manifest(&manifest, &load.options()) {
                 Ok(id) => {
-                    let p = registry.get(&id).context("plugin vanished from the registry")?;
+                    let p = registry
+                        .get(&id)
+                        .context("plugin vanished from the registry")?;
                     println!(
                         "ok: plugin `{id}` {} ({}) from {}",
                         p.info().version,
@@ -191,7 +207,8 @@ fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
             }
         }
         PluginsCommand::Hash { library } => {
-            let hash = host::loader::sha256_file(&library).with_context(|| format!("reading {}", library.display()))?;
+            let hash = host::loader::sha256_file(&library)
+                .with_context(|| format!("reading {}", library.display()))?;
             println!("{hash}");
             Ok(ExitCode::SUCCESS)
         }
@@ -202,7 +219,11 @@ fn prompt(args: PromptArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::load_dirs(&args.load.manifest_dirs, &args.load.options());
     let Some(plugin) = registry.get(&args.driver) else {
         let known: Vec<&str> = registry.plugins().map(|p| p.id()).collect();
-        bail!("no loaded driver plugin `{}` (loaded: {})", args.driver, known.join(", "));
+        bail!(
+            "no loaded driver plugin `{}` (loaded: {})",
+            args.driver,
+            known.join(", ")
+        );
     };
     let overrides: Option<serde_json::Value> = match &args.config {
         Some(c) => Some(serde_json::from_str(c).context("--config must be a JSON object")?),
@@ -217,12 +238,16 @@ fn prompt(args: PromptArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "{}", resp.message.content)?;
         }
         PromptMode::Async => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             let resp = rt.block_on(driver.prompt_async(&request))?;
             writeln!(out, "{}", resp.message.content)?;
         }
         PromptMode::Stream => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let mut stream = driver.stream(&request)?;
                 while let Some(delta) = stream.next().await {

@@ -30,7 +30,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// A kind of plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Answers prompts.
@@ -77,7 +79,9 @@ impl fmt::Display for Kind {
 }
 
 /// A way of calling a plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Blocking call.
@@ -130,7 +134,11 @@ pub fn describe_capabilities(caps: Capabilities) -> String {
     if unknown != 0 {
         parts.push(format!("unknown({unknown:#x})"));
     }
-    if parts.is_empty() { "none".into() } else { parts.join(" ") }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
 }
 
 /// Where the plugin's shared library is.
@@ -217,7 +225,10 @@ struct RawLibrary {
 fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let before = &src[..offset.min(src.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, col)
 }
 
@@ -257,14 +268,23 @@ impl Manifest {
             }
         };
 
-        let raw: RawManifest = toml::from_str(src).map_err(|e| err_at(e.span(), e.message().trim().to_owned()))?;
+        let raw: RawManifest = toml::from_str(src).map_err(|e| {
+            let message = e
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(", ");
+            err_at(e.span(), message)
+        })?;
 
         let id = raw.id.get_ref().trim();
         if id.is_empty()
             || id.len() > 64
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+            || !id.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
+            })
         {
             return Err(err_at(
                 Some(raw.id.span()),
@@ -279,12 +299,16 @@ impl Manifest {
         if kinds.is_empty() {
             return Err(err_at(
                 Some(raw.kinds.span()),
-                "field `kinds`: at least one of prompt_driver, tool, event_listener is needed".into(),
+                "field `kinds`: at least one of prompt_driver, tool, event_listener is needed"
+                    .into(),
             ));
         }
         for (i, k) in kinds.iter().enumerate() {
             if kinds[..i].contains(k) {
-                return Err(err_at(Some(raw.kinds.span()), format!("field `kinds`: `{k}` is listed twice")));
+                return Err(err_at(
+                    Some(raw.kinds.span()),
+                    format!("field `kinds`: `{k}` is listed twice"),
+                ));
             }
         }
 
@@ -300,7 +324,9 @@ impl Manifest {
             if modes.get_ref().is_empty() {
                 return Err(err_at(
                     Some(modes.span()),
-                    format!("field `capabilities.{kind}`: list at least one of sync, async, stream"),
+                    format!(
+                        "field `capabilities.{kind}`: list at least one of sync, async, stream"
+                    ),
                 ));
             }
             for mode in modes.get_ref() {
@@ -320,14 +346,18 @@ impl Manifest {
             if !caps_table.contains_key(kind) {
                 return Err(err_at(
                     Some(raw.capabilities.span()),
-                    format!("field `capabilities`: kind `{kind}` is declared but has no `{kind} = [...]` entry"),
+                    format!(
+                        "field `capabilities`: kind `{kind}` is declared but has no `{kind} = [...]` entry"
+                    ),
                 ));
             }
         }
 
         let lib = raw.library.get_ref();
         let library = match (&lib.path, &lib.name) {
-            (Some(p), None) if !p.get_ref().trim().is_empty() => LibrarySource::Path(PathBuf::from(p.get_ref())),
+            (Some(p), None) if !p.get_ref().trim().is_empty() => {
+                LibrarySource::Path(PathBuf::from(p.get_ref()))
+            }
             (None, Some(n)) if !n.get_ref().trim().is_empty() => {
                 let name = n.get_ref();
                 if name.contains(['/', '\\']) {
@@ -345,7 +375,10 @@ impl Manifest {
                 ));
             }
             (Some(s), None) | (None, Some(s)) => {
-                return Err(err_at(Some(s.span()), "field `library`: the path or name is empty".into()));
+                return Err(err_at(
+                    Some(s.span()),
+                    "field `library`: the path or name is empty".into(),
+                ));
             }
             (None, None) => {
                 return Err(err_at(
@@ -371,14 +404,21 @@ impl Manifest {
 
         let version = match raw.version {
             Some(v) if v.get_ref().trim().is_empty() => {
-                return Err(err_at(Some(v.span()), "field `version`: must not be empty".into()));
+                return Err(err_at(
+                    Some(v.span()),
+                    "field `version`: must not be empty".into(),
+                ));
             }
             Some(v) => Some(v.into_inner()),
             None => None,
         };
 
-        let config = serde_json::to_value(&raw.config)
-            .map_err(|e| err_at(None, format!("field `config`: cannot be represented as JSON: {e}")))?;
+        let config = serde_json::to_value(&raw.config).map_err(|e| {
+            err_at(
+                None,
+                format!("field `config`: cannot be represented as JSON: {e}"),
+            )
+        })?;
 
         Ok(Manifest {
             path: path.to_owned(),
@@ -446,7 +486,10 @@ nested = { a = 1 }
         assert_eq!(m.library, LibrarySource::Name("scripted_driver".into()));
         assert_eq!(
             m.capabilities,
-            Capabilities::DRIVER_SYNC | Capabilities::DRIVER_ASYNC | Capabilities::DRIVER_STREAM | Capabilities::TOOL_ASYNC
+            Capabilities::DRIVER_SYNC
+                | Capabilities::DRIVER_ASYNC
+                | Capabilities::DRIVER_STREAM
+                | Capabilities::TOOL_ASYNC
         );
         assert_eq!(m.config["nested"]["a"], 1);
         assert_eq!(
@@ -491,7 +534,10 @@ nested = { a = 1 }
     #[test]
     fn capabilities_must_match_kinds() {
         let e = parse(&GOOD.replace("tool = [\"async\"]\n", "")).unwrap_err();
-        assert!(e.message.contains("kind `tool` is declared but has no"), "{e}");
+        assert!(
+            e.message.contains("kind `tool` is declared but has no"),
+            "{e}"
+        );
         let e = parse(&GOOD.replace("tool = [\"async\"]", "tool = [\"stream\"]")).unwrap_err();
         assert!(e.message.contains("only prompt drivers stream"), "{e}");
         assert_eq!(e.line, Some(10));
@@ -501,9 +547,14 @@ nested = { a = 1 }
     fn library_needs_exactly_one_source_and_a_valid_hash() {
         let e = parse(&GOOD.replace("name = \"scripted_driver\"", "")).unwrap_err();
         assert!(e.message.contains("give `path`"), "{e}");
-        let e = parse(&GOOD.replace("name = \"scripted_driver\"", "name = \"a\"\npath = \"b\"")).unwrap_err();
+        let e = parse(&GOOD.replace("name = \"scripted_driver\"", "name = \"a\"\npath = \"b\""))
+            .unwrap_err();
         assert!(e.message.contains("not both"), "{e}");
-        let e = parse(&GOOD.replace("name = \"scripted_driver\"", "name = \"a\"\nsha256 = \"abc\"")).unwrap_err();
+        let e = parse(&GOOD.replace(
+            "name = \"scripted_driver\"",
+            "name = \"a\"\nsha256 = \"abc\"",
+        ))
+        .unwrap_err();
         assert!(e.message.contains("64 hex digits"), "{e}");
         assert_eq!(e.line, Some(7));
     }

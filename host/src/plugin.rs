@@ -12,10 +12,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::{FutureExt, Stream};
-use plugin_api::abi::{Capabilities, DeltaStreamBox, ListenerBox, PluginModV1Ref, PromptDriverBox, ToolBox};
+use plugin_api::abi::{
+    Capabilities, DeltaStreamBox, ListenerBox, PluginModV1Ref, PromptDriverBox, ToolBox,
+};
 use plugin_api::abi_stable::std_types::{RNone, RResult, RSome, RString};
 use plugin_api::async_ffi::{ContextExt, FfiPoll};
-use plugin_api::wire::{Event, PromptRequest, PromptResponse, StreamDelta, ToolInvocation, ToolOutput, ToolSpec};
+use plugin_api::wire::{
+    Event, PromptRequest, PromptResponse, StreamDelta, ToolInvocation, ToolOutput, ToolSpec,
+};
 use plugin_api::{ErrorKind, PluginError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -84,12 +88,20 @@ pub fn merge_config(base: &mut serde_json::Value, overrides: &serde_json::Value)
     }
 }
 
-fn to_call_error<T>(plugin: &str, op: &'static str, r: RResult<T, plugin_api::abi::PluginErrorFfi>) -> Result<T, CallError> {
+fn to_call_error<T>(
+    plugin: &str,
+    op: &'static str,
+    r: RResult<T, plugin_api::abi::PluginErrorFfi>,
+) -> Result<T, CallError> {
     r.into_result()
         .map_err(|e| CallError::from_plugin(plugin, op, PluginError::from_ffi(e)))
 }
 
-fn decode<T: DeserializeOwned>(plugin: &str, op: &'static str, json: &RString) -> Result<T, CallError> {
+fn decode<T: DeserializeOwned>(
+    plugin: &str,
+    op: &'static str,
+    json: &RString,
+) -> Result<T, CallError> {
     serde_json::from_str(json.as_str()).map_err(|e| {
         let snippet: String = json.as_str().chars().take(120).collect();
         CallError::host(
@@ -102,12 +114,23 @@ fn decode<T: DeserializeOwned>(plugin: &str, op: &'static str, json: &RString) -
 }
 
 fn encode<T: Serialize>(plugin: &str, op: &'static str, value: &T) -> Result<String, CallError> {
-    serde_json::to_string(value)
-        .map_err(|e| CallError::host(plugin, op, ErrorKind::Internal, format!("cannot encode request: {e}")))
+    serde_json::to_string(value).map_err(|e| {
+        CallError::host(
+            plugin,
+            op,
+            ErrorKind::Internal,
+            format!("cannot encode request: {e}"),
+        )
+    })
 }
 
 impl Plugin {
-    pub(crate) fn new(manifest: Arc<Manifest>, info: PluginInfo, library: PathBuf, module: PluginModV1Ref) -> Self {
+    pub(crate) fn new(
+        manifest: Arc<Manifest>,
+        info: PluginInfo,
+        library: PathBuf,
+        module: PluginModV1Ref,
+    ) -> Self {
         Self {
             inner: Arc::new(PluginInner {
                 manifest,
@@ -169,7 +192,10 @@ impl Plugin {
                 self.id(),
                 op,
                 ErrorKind::Unsupported,
-                format!("is not a {kind} (its kinds: {:?})", self.inner.manifest.kinds),
+                format!(
+                    "is not a {kind} (its kinds: {:?})",
+                    self.inner.manifest.kinds
+                ),
             ))
         }
     }
@@ -199,11 +225,20 @@ impl Plugin {
     pub fn new_tool(&self, overrides: Option<&serde_json::Value>) -> Result<ToolHandle, CallError> {
         self.require_kind(Kind::Tool, "new_tool")?;
         let config = self.config_json(overrides);
-        let inner = to_call_error(self.id(), "new_tool", (self.inner.module.new_tool())(config.as_str().into()))?;
+        let inner = to_call_error(
+            self.id(),
+            "new_tool",
+            (self.inner.module.new_tool())(config.as_str().into()),
+        )?;
         let spec_json = to_call_error(self.id(), "spec", inner.spec())?;
         let spec: ToolSpec = decode(self.id(), "spec", &spec_json)?;
         if spec.activities.is_empty() {
-            return Err(CallError::host(self.id(), "spec", ErrorKind::InvalidInput, "tool spec has no activities"));
+            return Err(CallError::host(
+                self.id(),
+                "spec",
+                ErrorKind::InvalidInput,
+                "tool spec has no activities",
+            ));
         }
         Ok(ToolHandle {
             plugin: self.clone(),
@@ -216,7 +251,10 @@ impl Plugin {
     ///
     /// # Errors
     /// When the plugin is not a listener or rejects the config.
-    pub fn new_listener(&self, overrides: Option<&serde_json::Value>) -> Result<ListenerHandle, CallError> {
+    pub fn new_listener(
+        &self,
+        overrides: Option<&serde_json::Value>,
+    ) -> Result<ListenerHandle, CallError> {
         self.require_kind(Kind::EventListener, "new_listener")?;
         let config = self.config_json(overrides);
         let inner = to_call_error(
@@ -272,6 +310,14 @@ pub struct Driver {
     inner: Arc<PromptDriverBox>,
 }
 
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("plugin", &self.plugin.id())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Driver {
     /// The plugin it came from.
     pub fn plugin(&self) -> &Plugin {
@@ -284,7 +330,8 @@ impl Driver {
     /// When the driver lacks the sync capability or the call fails.
     pub fn prompt(&self, request: &PromptRequest) -> Result<PromptResponse, CallError> {
         let id = self.plugin.id();
-        self.plugin.require(Kind::PromptDriver, Mode::Sync, "prompt")?;
+        self.plugin
+            .require(Kind::PromptDriver, Mode::Sync, "prompt")?;
         let req = encode(id, "prompt", request)?;
         let out = to_call_error(id, "prompt", self.inner.prompt(req.as_str().into()))?;
         decode(id, "prompt", &out)
@@ -296,7 +343,8 @@ impl Driver {
     /// When the driver lacks the async capability or the call fails.
     pub async fn prompt_async(&self, request: &PromptRequest) -> Result<PromptResponse, CallError> {
         let id = self.plugin.id();
-        self.plugin.require(Kind::PromptDriver, Mode::Async, "prompt_async")?;
+        self.plugin
+            .require(Kind::PromptDriver, Mode::Async, "prompt_async")?;
         let req = encode(id, "prompt_async", request)?;
         let out = guarded(id, "prompt_async", self.inner.prompt_async(req.into())).await?;
         decode(id, "prompt_async", &out)
@@ -309,7 +357,8 @@ impl Driver {
     /// When the driver lacks the stream capability or refuses the request.
     pub fn stream(&self, request: &PromptRequest) -> Result<DriverStream, CallError> {
         let id = self.plugin.id();
-        self.plugin.require(Kind::PromptDriver, Mode::Stream, "stream")?;
+        self.plugin
+            .require(Kind::PromptDriver, Mode::Stream, "stream")?;
         let req = encode(id, "stream", request)?;
         let inner = to_call_error(id, "stream", self.inner.stream(req.into()))?;
         Ok(DriverStream {
@@ -324,6 +373,14 @@ pub struct DriverStream {
     plugin: Plugin,
     // Boxed because abi_stable's trait objects are not `Unpin`.
     inner: Option<Box<DeltaStreamBox>>,
+}
+
+impl std::fmt::Debug for DriverStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverStream")
+            .field("plugin", &self.plugin.id())
+            .finish_non_exhaustive()
+    }
 }
 
 impl DriverStream {
@@ -342,7 +399,9 @@ impl Stream for DriverStream {
             return Poll::Ready(None);
         };
         let id = this.plugin.id();
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| cx.with_ffi_context(|fcx| inner.poll_next(fcx))));
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            cx.with_ffi_context(|fcx| inner.poll_next(fcx))
+        }));
         match polled {
             Ok(FfiPoll::Pending) => Poll::Pending,
             Ok(FfiPoll::Ready(RNone)) => {
@@ -371,6 +430,14 @@ pub struct ToolHandle {
     plugin: Plugin,
     spec: Arc<ToolSpec>,
     inner: Arc<ToolBox>,
+}
+
+impl std::fmt::Debug for ToolHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolHandle")
+            .field("plugin", &self.plugin.id())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ToolHandle {
@@ -416,6 +483,14 @@ pub struct ListenerHandle {
     inner: Arc<ListenerBox>,
 }
 
+impl std::fmt::Debug for ListenerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerHandle")
+            .field("plugin", &self.plugin.id())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ListenerHandle {
     /// The plugin it came from.
     pub fn plugin(&self) -> &Plugin {
@@ -428,7 +503,8 @@ impl ListenerHandle {
     /// When the listener lacks the sync capability or fails.
     pub fn publish(&self, events: &[Event]) -> Result<(), CallError> {
         let id = self.plugin.id();
-        self.plugin.require(Kind::EventListener, Mode::Sync, "publish")?;
+        self.plugin
+            .require(Kind::EventListener, Mode::Sync, "publish")?;
         let batch = encode(id, "publish", &events)?;
         to_call_error(id, "publish", self.inner.publish(batch.as_str().into()))
     }
@@ -439,7 +515,8 @@ impl ListenerHandle {
     /// When the listener lacks the async capability or fails.
     pub async fn publish_async(&self, events: &[Event]) -> Result<(), CallError> {
         let id = self.plugin.id();
-        self.plugin.require(Kind::EventListener, Mode::Async, "publish_async")?;
+        self.plugin
+            .require(Kind::EventListener, Mode::Async, "publish_async")?;
         let batch = encode(id, "publish_async", &events)?;
         guarded(id, "publish_async", self.inner.publish_async(batch.into())).await
     }
@@ -450,7 +527,8 @@ impl ListenerHandle {
     /// When the listener fails to flush.
     pub fn flush(&self) -> Result<(), CallError> {
         let id = self.plugin.id();
-        self.plugin.require(Kind::EventListener, Mode::Sync, "flush")?;
+        self.plugin
+            .require(Kind::EventListener, Mode::Sync, "flush")?;
         to_call_error(id, "flush", self.inner.flush())
     }
 
@@ -460,7 +538,8 @@ impl ListenerHandle {
     /// When the listener fails to flush.
     pub async fn flush_async(&self) -> Result<(), CallError> {
         let id = self.plugin.id();
-        self.plugin.require(Kind::EventListener, Mode::Async, "flush_async")?;
+        self.plugin
+            .require(Kind::EventListener, Mode::Async, "flush_async")?;
         guarded(id, "flush_async", self.inner.flush_async()).await
     }
 }

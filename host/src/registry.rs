@@ -93,7 +93,11 @@ impl Registry {
     ///
     /// # Errors
     /// The [`LoadError`] that made the plugin refused (it is also recorded).
-    pub fn add_manifest(&mut self, path: &Path, options: &LoaderOptions) -> Result<String, LoadError> {
+    pub fn add_manifest(
+        &mut self,
+        path: &Path,
+        options: &LoaderOptions,
+    ) -> Result<String, LoadError> {
         // Refuse a duplicate before loading its library: no reason to run its constructors.
         let manifest = match crate::manifest::Manifest::load(path) {
             Ok(m) => m,

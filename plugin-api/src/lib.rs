@@ -62,18 +62,20 @@ pub use tokio;
 pub use tracing;
 
 pub use sdk::{
-    DeltaStream, ErrorKind, EventListenerDriver, NoConfig, PluginError, PromptDriver, Tool, spawn_blocking,
+    DeltaStream, ErrorKind, EventListenerDriver, NoConfig, PluginError, PromptDriver, Tool,
+    spawn_blocking,
 };
 
 /// Everything an author usually needs.
 pub mod prelude {
     pub use crate::sdk::{
-        DeltaStream, ErrorKind, EventListenerDriver, NoConfig, PluginError, PromptDriver, Tool, spawn_blocking,
+        DeltaStream, ErrorKind, EventListenerDriver, NoConfig, PluginError, PromptDriver, Tool,
+        spawn_blocking,
     };
     pub use crate::serde_json;
     pub use crate::wire::{
-        Activity, Event, EventKind, FunctionSpec, Message, PromptRequest, PromptResponse, Role, StreamDelta, ToolCall,
-        ToolInvocation, ToolOutput, ToolSpec, Usage,
+        Activity, Event, EventKind, FunctionSpec, Message, PromptRequest, PromptResponse, Role,
+        StreamDelta, ToolCall, ToolInvocation, ToolOutput, ToolSpec, Usage,
     };
 }
 

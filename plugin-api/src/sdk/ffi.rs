@@ -21,11 +21,14 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{DeltaStream, ErrorKind, EventListenerDriver, PluginError, PromptDriver, Tool, logging, runtime};
+use super::{
+    DeltaStream, ErrorKind, EventListenerDriver, PluginError, PromptDriver, Tool, logging, runtime,
+};
 use crate::abi::{
-    ABI_GENERATION_V1, Capabilities, DeltaStreamBox, DeltaStreamFfi, DeltaStreamFfi_TO, HostServicesV1, JsonResult,
-    ListenerBox, ListenerFfi, ListenerFfi_TO, PanicStrategy, PluginErrorFfi, PluginInfoFfi, PluginModV1Ref,
-    PromptDriverBox, PromptDriverFfi, PromptDriverFfi_TO, ToolBox, ToolFfi, ToolFfi_TO, UnitResult,
+    ABI_GENERATION_V1, Capabilities, DeltaStreamBox, DeltaStreamFfi, DeltaStreamFfi_TO,
+    HostServicesV1, JsonResult, ListenerBox, ListenerFfi, ListenerFfi_TO, PanicStrategy,
+    PluginErrorFfi, PluginInfoFfi, PluginModV1Ref, PromptDriverBox, PromptDriverFfi,
+    PromptDriverFfi_TO, ToolBox, ToolFfi, ToolFfi_TO, UnitResult,
 };
 use crate::wire::{Event, PromptRequest, ToolInvocation, WIRE_VERSION};
 
@@ -64,7 +67,11 @@ fn panic_error(what: &str, payload: Box<dyn Any + Send>) -> PluginErrorFfi {
     let message = panic_message(payload.as_ref());
     // Dropping a payload can itself panic; never let that escape.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-    PluginError::new(ErrorKind::Panic, format!("plugin panicked in {what}: {message}")).into_ffi()
+    PluginError::new(
+        ErrorKind::Panic,
+        format!("plugin panicked in {what}: {message}"),
+    )
+    .into_ffi()
 }
 
 fn install_panic_hook() {
@@ -90,7 +97,10 @@ fn install_panic_hook() {
 }
 
 /// Runs `f` in the plugin runtime with a panic guard.
-pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginErrorFfi> {
+pub fn guard<T>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, PluginError>,
+) -> RResult<T, PluginErrorFfi> {
     let _rt = runtime::enter();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => ROk(v),
@@ -100,7 +110,8 @@ pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResu
 }
 
 fn decode<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, PluginError> {
-    serde_json::from_str(json).map_err(|e| PluginError::invalid_input(format!("malformed {what} from the host: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| PluginError::invalid_input(format!("malformed {what} from the host: {e}")))
 }
 
 fn encode<T: Serialize>(what: &str, value: &T) -> Result<RString, PluginError> {
@@ -124,7 +135,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(RErr(PluginError::internal("future polled after completion").into_ffi()));
+            return Poll::Ready(RErr(
+                PluginError::internal("future polled after completion").into_ffi(),
+            ));
         };
         let _rt = runtime::enter();
         let out = match catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
@@ -163,7 +176,13 @@ where
 }
 
 /// Builds the plugin info; `unwind` is `cfg!(panic = "unwind")` evaluated in the plugin crate.
-pub fn plugin_info(id: &str, version: &str, description: &str, unwind: bool, caps: Capabilities) -> PluginInfoFfi {
+pub fn plugin_info(
+    id: &str,
+    version: &str,
+    description: &str,
+    unwind: bool,
+    caps: Capabilities,
+) -> PluginInfoFfi {
     PluginInfoFfi {
         id: id.into(),
         version: version.into(),
@@ -171,7 +190,11 @@ pub fn plugin_info(id: &str, version: &str, description: &str, unwind: bool, cap
         abi_generation: ABI_GENERATION_V1,
         wire_version: WIRE_VERSION,
         sdk_version: env!("CARGO_PKG_VERSION").into(),
-        panic_strategy: if unwind { PanicStrategy::UNWIND } else { PanicStrategy::ABORT },
+        panic_strategy: if unwind {
+            PanicStrategy::UNWIND
+        } else {
+            PanicStrategy::ABORT
+        },
         capabilities: caps,
     }
 }
@@ -210,7 +233,8 @@ pub fn absent_kind<T>(kind: &str) -> RResult<T, PluginErrorFfi> {
 }
 
 fn parse_config<C: DeserializeOwned>(config: RStr<'_>) -> Result<C, PluginError> {
-    serde_json::from_str(config.as_str()).map_err(|e| PluginError::config(format!("invalid config: {e}")))
+    serde_json::from_str(config.as_str())
+        .map_err(|e| PluginError::config(format!("invalid config: {e}")))
 }
 
 struct DriverAdapter<D>(Arc<D>);
@@ -236,7 +260,12 @@ impl<D: PromptDriver> PromptDriverFfi for DriverAdapter<D> {
         guard("stream", || {
             let req: PromptRequest = decode("prompt request", request.as_str())?;
             let stream = self.0.stream(req)?;
-            Ok(DeltaStreamFfi_TO::from_value(StreamAdapter { inner: Some(stream) }, TD_Opaque))
+            Ok(DeltaStreamFfi_TO::from_value(
+                StreamAdapter {
+                    inner: Some(stream),
+                },
+                TD_Opaque,
+            ))
         })
     }
 }
@@ -251,7 +280,8 @@ impl DeltaStreamFfi for StreamAdapter {
             return FfiPoll::Ready(RNone);
         };
         let _rt = runtime::enter();
-        let polled = cx.with_context(|cx| catch_unwind(AssertUnwindSafe(|| inner.poll_next_unpin(cx))));
+        let polled =
+            cx.with_context(|cx| catch_unwind(AssertUnwindSafe(|| inner.poll_next_unpin(cx))));
         let item = match polled {
             Ok(Poll::Pending) => return FfiPoll::Pending,
             Ok(Poll::Ready(None)) => {
@@ -283,7 +313,10 @@ impl Drop for StreamAdapter {
 pub fn new_driver<D: PromptDriver>(config: RStr<'_>) -> RResult<PromptDriverBox, PluginErrorFfi> {
     guard("new_driver", || {
         let driver = D::new(parse_config(config)?)?;
-        Ok(PromptDriverFfi_TO::from_value(DriverAdapter(Arc::new(driver)), TD_Opaque))
+        Ok(PromptDriverFfi_TO::from_value(
+            DriverAdapter(Arc::new(driver)),
+            TD_Opaque,
+        ))
     })
 }
 
@@ -315,7 +348,10 @@ impl<T: Tool> ToolFfi for ToolAdapter<T> {
 pub fn new_tool<T: Tool>(config: RStr<'_>) -> RResult<ToolBox, PluginErrorFfi> {
     guard("new_tool", || {
         let tool = T::new(parse_config(config)?)?;
-        Ok(ToolFfi_TO::from_value(ToolAdapter(Arc::new(tool)), TD_Opaque))
+        Ok(ToolFfi_TO::from_value(
+            ToolAdapter(Arc::new(tool)),
+            TD_Opaque,
+        ))
     })
 }
 
@@ -348,9 +384,14 @@ impl<L: EventListenerDriver> ListenerFfi for ListenerAdapter<L> {
 }
 
 /// Makes a listener driver from its JSON config.
-pub fn new_listener<L: EventListenerDriver>(config: RStr<'_>) -> RResult<ListenerBox, PluginErrorFfi> {
+pub fn new_listener<L: EventListenerDriver>(
+    config: RStr<'_>,
+) -> RResult<ListenerBox, PluginErrorFfi> {
     guard("new_listener", || {
         let listener = L::new(parse_config(config)?)?;
-        Ok(ListenerFfi_TO::from_value(ListenerAdapter(Arc::new(listener)), TD_Opaque))
+        Ok(ListenerFfi_TO::from_value(
+            ListenerAdapter(Arc::new(listener)),
+            TD_Opaque,
+        ))
     })
 }

@@ -19,7 +19,8 @@ static HOST: OnceLock<HostServicesV1> = OnceLock::new();
 /// Stores the host services and installs the forwarding subscriber. Idempotent.
 pub(crate) fn install(host: HostServicesV1) {
     if HOST.set(host).is_ok() {
-        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(HostLayer));
+        let _ =
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(HostLayer));
     }
 }
 

@@ -35,7 +35,9 @@ use futures::stream::BoxStream;
 use serde::de::DeserializeOwned;
 
 use crate::abi::{ErrorKindFfi, PluginErrorFfi};
-use crate::wire::{Event, PromptRequest, PromptResponse, StreamDelta, ToolInvocation, ToolOutput, ToolSpec};
+use crate::wire::{
+    Event, PromptRequest, PromptResponse, StreamDelta, ToolInvocation, ToolOutput, ToolSpec,
+};
 
 pub use runtime::spawn_blocking;
 
@@ -256,7 +258,10 @@ pub trait PromptDriver: Sized + Send + Sync + 'static {
     }
 
     /// Answers a request as a future.
-    fn prompt_async(&self, request: PromptRequest) -> impl Future<Output = Result<PromptResponse, PluginError>> + Send {
+    fn prompt_async(
+        &self,
+        request: PromptRequest,
+    ) -> impl Future<Output = Result<PromptResponse, PluginError>> + Send {
         let _ = request;
         async { Err(PluginError::unsupported("this driver has no async prompt")) }
     }
@@ -302,7 +307,10 @@ pub trait Tool: Sized + Send + Sync + 'static {
     }
 
     /// Runs one activity as a future.
-    fn call_async(&self, invocation: ToolInvocation) -> impl Future<Output = Result<ToolOutput, PluginError>> + Send {
+    fn call_async(
+        &self,
+        invocation: ToolInvocation,
+    ) -> impl Future<Output = Result<ToolOutput, PluginError>> + Send {
         let _ = invocation;
         async { Err(PluginError::unsupported("this tool has no async call")) }
     }
@@ -329,13 +337,22 @@ pub trait EventListenerDriver: Sized + Send + Sync + 'static {
     /// When the batch could not be delivered; [`ErrorKind::Unsupported`] unless overridden.
     fn publish(&self, events: Vec<Event>) -> Result<(), PluginError> {
         let _ = events;
-        Err(PluginError::unsupported("this listener has no sync publish"))
+        Err(PluginError::unsupported(
+            "this listener has no sync publish",
+        ))
     }
 
     /// Receives a batch of events as a future.
-    fn publish_async(&self, events: Vec<Event>) -> impl Future<Output = Result<(), PluginError>> + Send {
+    fn publish_async(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<(), PluginError>> + Send {
         let _ = events;
-        async { Err(PluginError::unsupported("this listener has no async publish")) }
+        async {
+            Err(PluginError::unsupported(
+                "this listener has no async publish",
+            ))
+        }
     }
 
     /// Writes out anything buffered (called at task end and at shutdown).

@@ -40,11 +40,18 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let rt = runtime().ok_or_else(|| PluginError::internal("the plugin runtime could not be built"))?;
+    let rt =
+        runtime().ok_or_else(|| PluginError::internal("the plugin runtime could not be built"))?;
     let handle = rt.spawn_blocking(f);
     handle.await.map_err(|e| {
         if e.is_panic() {
-            PluginError::new(ErrorKind::Panic, format!("blocking task panicked: {}", super::ffi::panic_message(e.into_panic().as_ref())))
+            PluginError::new(
+                ErrorKind::Panic,
+                format!(
+                    "blocking task panicked: {}",
+                    super::ffi::panic_message(e.into_panic().as_ref())
+                ),
+            )
         } else {
             PluginError::new(ErrorKind::Cancelled, "blocking task was cancelled")
         }

@@ -83,8 +83,16 @@ fn count_words(s: &str) -> u64 {
 
 impl Scripted {
     fn answer(&self, request: &PromptRequest) -> Result<PromptResponse, PluginError> {
-        let step_index = request.messages.iter().filter(|m| m.role == Role::Assistant).count();
-        let input_tokens: u64 = request.messages.iter().map(|m| count_words(&m.content)).sum();
+        let step_index = request
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::Assistant)
+            .count();
+        let input_tokens: u64 = request
+            .messages
+            .iter()
+            .map(|m| count_words(&m.content))
+            .sum();
         let mut message = Message::assistant("");
         match self.config.script.get(step_index) {
             Some(step) => {
@@ -107,7 +115,10 @@ impl Scripted {
                     .iter()
                     .enumerate()
                     .map(|(i, c)| ToolCall {
-                        id: c.id.clone().unwrap_or_else(|| format!("call_{step_index}_{i}")),
+                        id: c
+                            .id
+                            .clone()
+                            .unwrap_or_else(|| format!("call_{step_index}_{i}")),
                         name: c.name.clone(),
                         arguments: c.arguments.clone(),
                     })
@@ -124,7 +135,11 @@ impl Scripted {
                 message.content = format!("{}{last_user}", self.config.echo_prefix);
             }
         }
-        let finish = if message.tool_calls.is_empty() { "stop" } else { "tool_calls" };
+        let finish = if message.tool_calls.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        };
         Ok(PromptResponse {
             schema_version: plugin_api::wire::WIRE_VERSION,
             usage: Usage {
@@ -161,7 +176,9 @@ impl Scripted {
                 arguments: b.to_owned(),
             });
         }
-        out.push(StreamDelta::Usage { usage: response.usage });
+        out.push(StreamDelta::Usage {
+            usage: response.usage,
+        });
         if let Some(reason) = response.finish_reason {
             out.push(StreamDelta::Finish { reason });
         }

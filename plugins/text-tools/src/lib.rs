@@ -41,7 +41,11 @@ impl Tool for TextTools {
     fn spec(&self) -> ToolSpec {
         ToolSpec::new("TextTools", "Simple operations on a piece of text")
             .activity("word_count", "Counts the words of a text", text_schema())
-            .activity("reverse", "Reverses a text character by character", text_schema())
+            .activity(
+                "reverse",
+                "Reverses a text character by character",
+                text_schema(),
+            )
             .activity("uppercase", "Returns the text in upper case", text_schema())
     }
 

@@ -1,0 +1,116 @@
+//! The `grip` binary: `plugins list`, `plugins check`, `plugins hash` and `prompt`.
+
+use std::process::{Command, Output};
+
+use e2e::{ManifestSpec, artifacts, scripted};
+
+fn grip(args: &[&str]) -> Output {
+    let a = artifacts();
+    Command::new(a.grip())
+        .args(args)
+        .current_dir(&a.root)
+        .env("GRIP_LIB_PATH", &a.lib_dir)
+        .output()
+        .expect("run grip")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn plugins_check_exits_0_for_a_good_plugin_and_1_with_the_reason_for_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = scripted("scripted").write(dir.path(), "good.toml");
+    let out = grip(&["plugins", "check", good.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).starts_with("ok: plugin `scripted` 0.1.0 (prompt_driver[sync,async,stream])"),
+        "{}",
+        stdout(&out)
+    );
+
+    let bad = ManifestSpec::at("abort-plugin", &artifacts().abort_plugin)
+        .kind("tool", &["sync"])
+        .write(dir.path(), "bad.toml");
+    let out = grip(&["plugins", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("refused: plugin `abort-plugin`"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("panic = \"abort\""),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn plugins_list_shows_loaded_and_refused_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    scripted("scripted").write(dir.path(), "a.toml");
+    std::fs::write(dir.path().join("b.toml"), "id = 'broken'\n").unwrap();
+    let out = grip(&[
+        "plugins",
+        "list",
+        "--manifests",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.contains("scripted") && text.contains("loaded"),
+        "{text}"
+    );
+    assert!(
+        text.contains("refused") && text.contains("missing field `kinds`"),
+        "{text}"
+    );
+
+    let out = grip(&[
+        "plugins",
+        "list",
+        "--json",
+        "--manifests",
+        dir.path().to_str().unwrap(),
+    ]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert_eq!(rows[0]["status"], "loaded");
+    assert_eq!(rows[0]["capabilities"], "prompt_driver[sync,async,stream]");
+}
+
+#[test]
+fn plugins_hash_prints_the_sha256_the_loader_checks() {
+    let a = artifacts();
+    let lib = a.lib("text_tools");
+    let out = grip(&["plugins", "hash", lib.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(
+        stdout(&out).trim(),
+        host::loader::sha256_file(&lib).unwrap()
+    );
+}
+
+#[test]
+fn prompt_streams_from_the_default_manifests_in_every_mode() {
+    for mode in ["stream", "async", "sync"] {
+        let out = grip(&["prompt", "--mode", mode, "Hello plugins"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout(&out), "echo: Hello plugins\n");
+    }
+    let out = grip(&["prompt", "--driver", "nope", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no loaded driver plugin `nope`"));
+}
