@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "raw-plugin",
     "incompatible-abi",
     "generation-two",
+    "bench-plugin",
 ];
 
 /// Where the built artifacts are.

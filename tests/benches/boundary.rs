@@ -1,0 +1,150 @@
+//! What one call across the plugin boundary costs, against in-process baselines measured in
+//! the same run. Run with `cargo bench -p e2e --bench boundary`.
+//!
+//! Three ways of doing the same driver call:
+//! - `in_process_typed`: a `dyn` trait object taking and returning typed structs (no boundary);
+//! - `in_process_json`: the same, with the JSON round trip the boundary does (request and
+//!   response each encoded and decoded once): what the wire format costs by itself;
+//! - `plugin`: the real loaded library through the host's handle (JSON + FFI + panic guard +
+//!   plugin runtime entry).
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use e2e::{ManifestSpec, artifacts};
+use futures::StreamExt;
+use host::Registry;
+use plugin_api::wire::{Message, PromptRequest, PromptResponse, StreamDelta, Usage};
+
+trait InProcess: Send + Sync {
+    fn prompt(&self, r: &PromptRequest) -> PromptResponse;
+}
+
+struct Native;
+
+impl InProcess for Native {
+    fn prompt(&self, _: &PromptRequest) -> PromptResponse {
+        PromptResponse::text(
+            "ok",
+            Usage {
+                input_tokens: 1,
+                output_tokens: 1,
+            },
+        )
+    }
+}
+
+fn json_round_trip(d: &dyn InProcess, r: &PromptRequest) -> PromptResponse {
+    let req: PromptRequest = serde_json::from_str(&serde_json::to_string(r).unwrap()).unwrap();
+    let resp = d.prompt(&req);
+    serde_json::from_str(&serde_json::to_string(&resp).unwrap()).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let path = ManifestSpec::named("bench", "bench_plugin")
+        .kind("prompt_driver", &["sync", "async", "stream"])
+        .write(dir.path(), "bench.toml");
+    let mut registry = Registry::new();
+    registry.add_manifest(&path, &a.options()).unwrap();
+    let driver = registry.get("bench").unwrap().new_driver(None).unwrap();
+    let native: Box<dyn InProcess> = Box::new(Native);
+    let request = PromptRequest::new(vec![Message::user("1")]);
+
+    let mut g = c.benchmark_group("sync_call");
+    g.bench_function("in_process_typed", |b| {
+        b.iter(|| black_box(native.prompt(black_box(&request))))
+    });
+    g.bench_function("in_process_json", |b| {
+        b.iter(|| black_box(json_round_trip(native.as_ref(), black_box(&request))))
+    });
+    g.bench_function("plugin", |b| {
+        b.iter(|| black_box(driver.prompt(black_box(&request)).unwrap()))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("async_call");
+    g.bench_function("in_process_typed", |b| {
+        b.iter(|| {
+            futures::executor::block_on(async { black_box(native.prompt(black_box(&request))) })
+        })
+    });
+    g.bench_function("in_process_json", |b| {
+        b.iter(|| {
+            futures::executor::block_on(async {
+                black_box(json_round_trip(native.as_ref(), &request))
+            })
+        })
+    });
+    g.bench_function("plugin", |b| {
+        b.iter(|| {
+            futures::executor::block_on(async {
+                black_box(driver.prompt_async(&request).await.unwrap())
+            })
+        })
+    });
+    g.finish();
+
+    // Per item: a stream of 1,000 items, time divided by 1,000 (criterion's throughput).
+    const ITEMS: usize = 1000;
+    let stream_request = PromptRequest::new(vec![Message::user(ITEMS.to_string())]);
+    let mut g = c.benchmark_group("stream_item");
+    g.throughput(criterion::Throughput::Elements(ITEMS as u64));
+    g.bench_function("in_process_typed", |b| {
+        b.iter(|| {
+            futures::executor::block_on(async {
+                let mut s = futures::stream::iter(
+                    (0..ITEMS).map(|_| StreamDelta::Text { text: "ok".into() }),
+                )
+                .boxed();
+                let mut n = 0;
+                while let Some(d) = s.next().await {
+                    black_box(d);
+                    n += 1;
+                }
+                n
+            })
+        })
+    });
+    g.bench_function("in_process_json", |b| {
+        b.iter(|| {
+            futures::executor::block_on(async {
+                let mut s = futures::stream::iter((0..ITEMS).map(|_| {
+                    serde_json::to_string(&StreamDelta::Text { text: "ok".into() }).unwrap()
+                }))
+                .boxed();
+                let mut n = 0;
+                while let Some(d) = s.next().await {
+                    black_box(serde_json::from_str::<StreamDelta>(&d).unwrap());
+                    n += 1;
+                }
+                n
+            })
+        })
+    });
+    g.bench_function("plugin", |b| {
+        b.iter(|| {
+            futures::executor::block_on(async {
+                let mut s = driver.stream(&stream_request).unwrap();
+                let mut n = 0;
+                while let Some(d) = s.next().await {
+                    black_box(d.unwrap());
+                    n += 1;
+                }
+                assert_eq!(n, ITEMS);
+                n
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);
