@@ -5,18 +5,24 @@
 //! - [`loader`]: loading one library with every safety check.
 //! - [`registry`]: all plugins found, loaded or refused.
 //! - [`plugin`]: safe handles to a loaded plugin's instances.
+//! - [`task`]: PromptTask, its sync and async paths, and the loop they share.
+//! - [`events`]: the event bus and event listeners.
 //! - [`error`]: the error types.
 //!
 //! The `grip` binary is a thin CLI over this library.
 
 pub mod error;
+pub mod events;
 pub mod loader;
 pub mod manifest;
 pub mod plugin;
 pub mod registry;
+pub mod task;
 
 pub use error::{CallError, LoadError};
+pub use events::{EventBus, EventListener, ListenerGuard, PublishError};
 pub use loader::LoaderOptions;
 pub use manifest::{Kind, Manifest, Mode};
 pub use plugin::{Driver, DriverStream, ListenerHandle, Plugin, ToolHandle};
 pub use registry::Registry;
+pub use task::{ConversationMemory, PromptTask, TaskError, TaskOutput};

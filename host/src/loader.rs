@@ -54,9 +54,24 @@ impl LoaderOptions {
             .ok()
             .and_then(|p| p.parent().map(Path::to_owned))
         {
+            // cargo puts examples and test binaries one level below the profile directory.
+            let nested = dir
+                .file_name()
+                .is_some_and(|n| n == "examples" || n == "deps");
+            if let (true, Some(profile)) = (nested, dir.parent()) {
+                dirs.push(profile.to_owned());
+            }
             dirs.push(dir);
         }
         dirs
+    }
+
+    /// The default library path, without `--require-hash`.
+    pub fn from_env() -> Self {
+        Self {
+            lib_dirs: Self::default_lib_dirs(),
+            require_hash: false,
+        }
     }
 }
 

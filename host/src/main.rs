@@ -4,11 +4,13 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use futures::StreamExt;
-use host::{LoaderOptions, Registry};
-use plugin_api::wire::{Message, PromptRequest, StreamDelta};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use host::{EventBus, EventListener, Kind, LoaderOptions, Mode, PromptTask, Registry};
+use plugin_api::wire::{Event, EventKind};
 
 /// A plugin host for LLM prompt drivers, tools and event listeners.
 #[derive(Parser)]
@@ -34,8 +36,8 @@ enum Command {
         #[command(subcommand)]
         command: PluginsCommand,
     },
-    /// Send one prompt to a driver plugin and print the answer.
-    Prompt(PromptArgs),
+    /// Run a prompt task: the driver, tools and listeners are plugins; text streams as it comes.
+    Run(RunArgs),
 }
 
 #[derive(Args, Clone)]
@@ -88,27 +90,45 @@ enum PluginsCommand {
 }
 
 #[derive(Args)]
-struct PromptArgs {
-    /// The prompt.
-    text: String,
+struct RunArgs {
+    /// The input of the prompt task.
+    input: String,
     /// Driver plugin id.
     #[arg(long, default_value = "scripted")]
     driver: String,
-    /// How to call the driver.
-    #[arg(long, value_enum, default_value_t = PromptMode::Stream)]
-    mode: PromptMode,
+    /// Tool plugin ids offered to the model (repeatable).
+    #[arg(long = "tool")]
+    tools: Vec<String>,
+    /// Which path runs the task; `auto` picks async when the driver has it, else sync.
+    #[arg(long, value_enum, default_value_t = RunPath::Auto)]
+    path: RunPath,
+    /// Do not stream, even if the driver can.
+    #[arg(long)]
+    no_stream: bool,
+    /// JSON Schema the answer must satisfy (inline JSON, or @file).
+    #[arg(long)]
+    output_schema: Option<String>,
+    /// Bound on tool rounds plus output-schema retries.
+    #[arg(long, default_value_t = host::task::DEFAULT_MAX_SUBTASKS)]
+    max_subtasks: usize,
+    /// A rule for the system prompt (repeatable).
+    #[arg(long = "rule")]
+    rules: Vec<String>,
     /// Config overrides for the driver, as a JSON object.
     #[arg(long)]
     config: Option<String>,
+    /// Print the task output as JSON (text, json, usage, subtasks) instead of plain text.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     load: LoadArgs,
 }
 
-#[derive(Copy, Clone, ValueEnum)]
-enum PromptMode {
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum RunPath {
+    Auto,
     Sync,
     Async,
-    Stream,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -138,7 +158,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Plugins { command } => plugins(command),
-        Command::Prompt(args) => prompt(args),
+        Command::Run(args) => run_task(args),
     }
 }
 
@@ -215,51 +235,107 @@ fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn prompt(args: PromptArgs) -> anyhow::Result<ExitCode> {
+fn json_arg(what: &str, value: &str) -> anyhow::Result<serde_json::Value> {
+    let text = match value.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("{what}: reading {path}"))?
+        }
+        None => value.to_owned(),
+    };
+    serde_json::from_str(&text).with_context(|| format!("{what} must be JSON"))
+}
+
+fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::load_dirs(&args.load.manifest_dirs, &args.load.options());
-    let Some(plugin) = registry.get(&args.driver) else {
-        let known: Vec<&str> = registry.plugins().map(|p| p.id()).collect();
-        bail!(
-            "no loaded driver plugin `{}` (loaded: {})",
-            args.driver,
-            known.join(", ")
-        );
+    let find = |id: &str| {
+        registry.get(id).with_context(|| {
+            let known: Vec<&str> = registry.plugins().map(|p| p.id()).collect();
+            format!(
+                "no loaded plugin `{id}` (loaded: {}; see `grip plugins list`)",
+                known.join(", ")
+            )
+        })
     };
-    let overrides: Option<serde_json::Value> = match &args.config {
-        Some(c) => Some(serde_json::from_str(c).context("--config must be a JSON object")?),
-        None => None,
-    };
+    let plugin = find(&args.driver)?;
+    let overrides = args
+        .config
+        .as_deref()
+        .map(|c| json_arg("--config", c))
+        .transpose()?;
     let driver = plugin.new_driver(overrides.as_ref())?;
-    let request = PromptRequest::new(vec![Message::user(args.text)]);
-    let mut out = std::io::stdout().lock();
-    match args.mode {
-        PromptMode::Sync => {
-            let resp = driver.prompt(&request)?;
-            writeln!(out, "{}", resp.message.content)?;
-        }
-        PromptMode::Async => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let resp = rt.block_on(driver.prompt_async(&request))?;
-            writeln!(out, "{}", resp.message.content)?;
-        }
-        PromptMode::Stream => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let mut stream = driver.stream(&request)?;
-                while let Some(delta) = stream.next().await {
-                    if let StreamDelta::Text { text } = delta? {
-                        write!(out, "{text}")?;
-                        out.flush()?;
-                    }
-                }
-                writeln!(out)?;
-                anyhow::Ok(())
-            })?;
-        }
+    let stream = !args.no_stream && plugin.can(Kind::PromptDriver, Mode::Stream);
+    let use_async = match args.path {
+        RunPath::Auto => plugin.can(Kind::PromptDriver, Mode::Async),
+        RunPath::Sync => false,
+        RunPath::Async => true,
+    };
+
+    let bus = Arc::new(EventBus::new());
+    let mut task = PromptTask::new(driver, args.input)
+        .stream(stream)
+        .max_subtasks(args.max_subtasks)
+        .event_bus(Arc::clone(&bus));
+    for id in &args.tools {
+        task = task.tool(find(id)?.new_tool(None)?);
     }
+    for r in args.rules {
+        task = task.rule(r);
+    }
+    if let Some(s) = &args.output_schema {
+        task = task.output_schema(json_arg("--output-schema", s)?);
+    }
+    let print_chunks = stream && !args.json;
+    let mid_line = AtomicBool::new(false);
+    let _console = bus.add_listener(EventListener::on_event("console", move |e: Event| {
+        match &e.kind {
+            EventKind::TextChunk { token } if print_chunks => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(token.as_bytes())?;
+                out.flush()?;
+                mid_line.store(true, Ordering::Relaxed);
+            }
+            EventKind::FinishPrompt { .. } if mid_line.swap(false, Ordering::Relaxed) => println!(),
+            EventKind::StartActionsSubtask { calls, .. } => {
+                for c in calls {
+                    eprintln!("-> {}({})", c.name, c.arguments);
+                }
+            }
+            EventKind::FinishActionsSubtask { results, .. } => {
+                for r in results {
+                    eprintln!(
+                        "<- {}{}",
+                        if r.is_error { "error: " } else { "" },
+                        r.content
+                    );
+                }
+            }
+            _ => {}
+        }
+        Ok(None)
+    }));
+
+    let result = if use_async {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(task.async_run())
+    } else {
+        task.run()
+    };
+    let out = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if !stream {
+        println!("{}", out.text);
+    }
+    eprintln!(
+        "[{} · {} path{} · {} in / {} out tokens · {} subtask(s)]",
+        plugin.id(),
+        if use_async { "async" } else { "sync" },
+        if stream { ", streamed" } else { "" },
+        out.usage.input_tokens,
+        out.usage.output_tokens,
+        out.subtasks
+    );
     Ok(ExitCode::SUCCESS)
 }

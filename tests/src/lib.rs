@@ -20,6 +20,11 @@ const PACKAGES: &[&str] = &[
     "incompatible-abi",
     "generation-two",
     "bench-plugin",
+    "mock-sync-driver",
+    "mock-async-driver",
+    "slow-tool",
+    "slow-sync-tool",
+    "jsonl-listener",
 ];
 
 /// Where the built artifacts are.

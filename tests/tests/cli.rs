@@ -100,17 +100,49 @@ fn plugins_hash_prints_the_sha256_the_loader_checks() {
 }
 
 #[test]
-fn prompt_streams_from_the_default_manifests_in_every_mode() {
-    for mode in ["stream", "async", "sync"] {
-        let out = grip(&["prompt", "--mode", mode, "Hello plugins"]);
+fn run_executes_a_prompt_task_on_either_path_with_tools() {
+    for path in ["auto", "async", "sync"] {
+        let out = grip(&["run", "--path", path, "Hello plugins"]);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(stdout(&out), "echo: Hello plugins\n");
+        let footer = String::from_utf8_lossy(&out.stderr).into_owned();
+        let expected = if path == "sync" {
+            "sync path"
+        } else {
+            "async path"
+        };
+        assert!(footer.contains(expected), "{footer}");
     }
-    let out = grip(&["prompt", "--driver", "nope", "x"]);
+    let script = r#"{"script":[{"tool_calls":[{"name":"TextTools_word_count","arguments":{"text":"a b c"}}]},{"text":"3 words"}]}"#;
+    let out = grip(&[
+        "run",
+        "--tool",
+        "text-tools",
+        "--config",
+        script,
+        "--json",
+        "count",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["text"].as_str(), v["subtasks"].as_u64()),
+        (Some("3 words"), Some(1))
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-> TextTools_word_count"));
+
+    let out = grip(&["run", "--driver", "nope", "x"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no loaded driver plugin `nope`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no loaded plugin `nope`"));
+    let out = grip(&["run", "--output-schema", "{not json", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--output-schema must be JSON"));
 }
