@@ -240,9 +240,23 @@ impl Plugin {
                 "tool spec has no activities",
             ));
         }
+        // Compiled once per tool instance: every call's arguments are checked against them.
+        let mut validators = std::collections::HashMap::new();
+        for a in &spec.activities {
+            let v = jsonschema::validator_for(&a.parameters).map_err(|e| {
+                CallError::host(
+                    self.id(),
+                    "spec",
+                    ErrorKind::InvalidInput,
+                    format!("activity `{}` has an invalid JSON Schema: {e}", a.name),
+                )
+            })?;
+            validators.insert(a.name.clone(), Arc::new(v));
+        }
         Ok(ToolHandle {
             plugin: self.clone(),
             spec: Arc::new(spec),
+            validators: Arc::new(validators),
             inner: Arc::new(inner),
         })
     }
@@ -429,6 +443,7 @@ impl Stream for DriverStream {
 pub struct ToolHandle {
     plugin: Plugin,
     spec: Arc<ToolSpec>,
+    validators: Arc<std::collections::HashMap<String, Arc<jsonschema::Validator>>>,
     inner: Arc<ToolBox>,
 }
 
@@ -449,6 +464,11 @@ impl ToolHandle {
     /// The tool's spec, read once at creation.
     pub fn spec(&self) -> &ToolSpec {
         &self.spec
+    }
+
+    /// The compiled JSON Schema of an activity's input.
+    pub fn validator(&self, activity: &str) -> Option<&Arc<jsonschema::Validator>> {
+        self.validators.get(activity)
     }
 
     /// Blocking call.
