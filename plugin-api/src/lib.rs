@@ -63,14 +63,14 @@ pub use tracing;
 
 pub use sdk::{
     DeltaStream, ErrorKind, EventListenerDriver, NoConfig, PluginError, PromptDriver, Tool,
-    spawn_blocking,
+    block_on, spawn_blocking,
 };
 
 /// Everything an author usually needs.
 pub mod prelude {
     pub use crate::sdk::{
         DeltaStream, ErrorKind, EventListenerDriver, NoConfig, PluginError, PromptDriver, Tool,
-        spawn_blocking,
+        block_on, spawn_blocking,
     };
     pub use crate::serde_json;
     pub use crate::wire::{

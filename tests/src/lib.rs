@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 
 use host::{LoaderOptions, Registry};
 
+pub mod openai_mock;
+
 /// Cdylib packages built for the tests (first-party plugins and fixtures).
 const PACKAGES: &[&str] = &[
     "scripted-driver",
@@ -25,6 +27,8 @@ const PACKAGES: &[&str] = &[
     "slow-tool",
     "slow-sync-tool",
     "jsonl-listener",
+    "openai-driver",
+    "e2e",
 ];
 
 /// Where the built artifacts are.

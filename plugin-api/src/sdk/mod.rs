@@ -39,7 +39,7 @@ use crate::wire::{
     Event, PromptRequest, PromptResponse, StreamDelta, ToolInvocation, ToolOutput, ToolSpec,
 };
 
-pub use runtime::spawn_blocking;
+pub use runtime::{block_on, spawn_blocking};
 
 /// The kind of a [`PluginError`]; the host matches on it (e.g. to decide on retries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

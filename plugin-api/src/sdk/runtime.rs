@@ -57,3 +57,17 @@ where
         }
     })
 }
+
+/// Runs a future to completion on the plugin runtime, blocking the calling thread: the way to
+/// implement a sync method on top of an async one.
+///
+/// # Errors
+/// [`ErrorKind::Internal`] if the runtime could not be built; otherwise the future's own result.
+pub fn block_on<F, T>(fut: F) -> Result<T, PluginError>
+where
+    F: std::future::Future<Output = Result<T, PluginError>>,
+{
+    let rt =
+        runtime().ok_or_else(|| PluginError::internal("the plugin runtime could not be built"))?;
+    rt.block_on(fut)
+}

@@ -1,0 +1,372 @@
+//! Shared HTTP plumbing for remote prompt-driver plugins (OpenAI-compatible, Anthropic, ...):
+//! one client setup, one retry loop, one error classification, one SSE reader. Each driver
+//! keeps only its own wire format.
+//!
+//! Everything here runs inside the plugin's tokio runtime (the SDK enters it on every poll),
+//! so back-off waits are timers, never blocked threads.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use plugin_api::{ErrorKind, PluginError};
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+
+/// Timeouts, retries and extra headers, shared by every remote driver's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// TCP connect timeout.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Whole request, first byte to last (streams included).
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Longest silence allowed between two chunks of a stream.
+    #[serde(default = "defaults::stream_idle_timeout_ms")]
+    pub stream_idle_timeout_ms: u64,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Extra HTTP headers (gateways and proxies need them).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: defaults::connect_timeout_ms(),
+            request_timeout_ms: defaults::request_timeout_ms(),
+            stream_idle_timeout_ms: defaults::stream_idle_timeout_ms(),
+            retry: RetryPolicy::default(),
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Exponential back-off with jitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 disables retrying).
+    #[serde(default = "defaults::max_retries")]
+    pub max_retries: u32,
+    /// First back-off.
+    #[serde(default = "defaults::initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Longest back-off, and the longest `Retry-After` honoured (longer ones fail at once).
+    #[serde(default = "defaults::max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: defaults::max_retries(),
+            initial_backoff_ms: defaults::initial_backoff_ms(),
+            max_backoff_ms: defaults::max_backoff_ms(),
+        }
+    }
+}
+
+mod defaults {
+    pub fn connect_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn request_timeout_ms() -> u64 {
+        600_000
+    }
+    pub fn stream_idle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn max_retries() -> u32 {
+        2
+    }
+    pub fn initial_backoff_ms() -> u64 {
+        500
+    }
+    pub fn max_backoff_ms() -> u64 {
+        30_000
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (0-based): `initial * 2^retry`, capped, with jitter
+    /// in [50%, 100%].
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let base = self
+            .initial_backoff_ms
+            .saturating_mul(1u64 << retry.min(20))
+            .min(self.max_backoff_ms);
+        let jittered = rand::rng().random_range(base / 2..=base.max(1));
+        Duration::from_millis(jittered)
+    }
+}
+
+/// Builds the one client a driver instance uses.
+///
+/// # Errors
+/// A config error for an invalid header name or value, or a client that cannot be built.
+pub fn client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &config.headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| PluginError::config(format!("headers: invalid header name `{k}`: {e}")))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|e| PluginError::config(format!("headers: invalid value for `{k}`: {e}")))?;
+        headers.insert(name, value);
+    }
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .default_headers(headers)
+        .build()
+        .map_err(|e| PluginError::config(format!("cannot build the HTTP client: {e}")))
+}
+
+/// Reads a secret from the environment variable `var`.
+///
+/// # Errors
+/// [`ErrorKind::Auth`] naming the variable (never the value) when it is unset or empty.
+pub fn secret_from_env(var: &str) -> Result<String, PluginError> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(PluginError::new(
+            ErrorKind::Auth,
+            format!("the API key environment variable `{var}` is not set"),
+        )),
+    }
+}
+
+/// How a driver classifies a failed HTTP response.
+pub trait Classify {
+    /// Whether a 429 response means the quota is exhausted (never worth retrying).
+    fn quota_exhausted(&self, body: &str) -> bool {
+        body.contains("insufficient_quota")
+    }
+
+    /// Extra status codes to treat as "overloaded, retry" (Anthropic's 529 is already a 5xx).
+    fn retryable_status(&self, status: StatusCode) -> bool {
+        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+    }
+
+    /// The human part of an error body: the upstream's `error.message` if it has one.
+    fn error_message(&self, body: &str) -> String {
+        let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
+        let message = parsed.as_ref().and_then(|v| {
+            v.pointer("/error/message")
+                .or_else(|| v.pointer("/message"))
+                .or_else(|| v.get("error").filter(|e| e.is_string()))
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        });
+        snippet(&message.unwrap_or_else(|| body.to_owned()), 300)
+    }
+}
+
+/// The default classification.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultClassify;
+
+impl Classify for DefaultClassify {}
+
+/// At most `max` characters of `text`, whitespace collapsed.
+pub fn snippet(text: &str, max: usize) -> String {
+    let collapsed: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.chars().count() <= max {
+        collapsed
+    } else {
+        let cut: String = collapsed.chars().take(max).collect();
+        format!("{cut}...")
+    }
+}
+
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+fn status_kind(status: StatusCode) -> ErrorKind {
+    match status.as_u16() {
+        401 | 403 => ErrorKind::Auth,
+        404 => ErrorKind::NotFound,
+        400 | 422 => ErrorKind::InvalidInput,
+        408 => ErrorKind::Timeout,
+        429 => ErrorKind::RateLimited,
+        _ => ErrorKind::Upstream,
+    }
+}
+
+fn send_error(e: &reqwest::Error, url: &str) -> PluginError {
+    let what = if e.is_timeout() {
+        return PluginError::new(ErrorKind::Timeout, format!("request to {url} timed out"))
+            .retryable();
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    // reqwest's Display includes the URL but never headers, so the key cannot leak here.
+    let mut source = std::error::Error::source(e);
+    let mut detail = e.to_string();
+    while let Some(s) = source {
+        detail = format!("{detail}: {s}");
+        source = s.source();
+    }
+    PluginError::upstream(format!("{what} ({url}): {detail}")).retryable()
+}
+
+/// Sends a request with retries: connect errors, timeouts before a response, 429 (unless the
+/// quota is exhausted) and 5xx are retried with back-off, honouring `Retry-After`; anything else
+/// fails at once with the status and a snippet of the upstream's error.
+///
+/// `build` makes a fresh request for each attempt. Only the response head is awaited here, so a
+/// stream is retried only before its first byte.
+///
+/// # Errors
+/// The last attempt's error, saying how many attempts were made.
+pub async fn send_with_retry(
+    build: impl Fn() -> RequestBuilder,
+    url: &str,
+    policy: &RetryPolicy,
+    classify: &impl Classify,
+) -> Result<Response, PluginError> {
+    let mut retry = 0;
+    loop {
+        let attempt = retry + 1;
+        let (error, wait) = match build().send().await {
+            Ok(resp) if resp.status().is_success() => return Ok(resp),
+            Ok(resp) => {
+                let status = resp.status();
+                let after = retry_after(&resp);
+                let body = resp.text().await.unwrap_or_default();
+                let mut e = PluginError::new(
+                    status_kind(status),
+                    format!(
+                        "HTTP {status} from {url}: {}",
+                        classify.error_message(&body)
+                    ),
+                );
+                let quota =
+                    status == StatusCode::TOO_MANY_REQUESTS && classify.quota_exhausted(&body);
+                if quota {
+                    e.message.push_str(" (quota exhausted: not retried)");
+                }
+                e.retryable = classify.retryable_status(status) && !quota;
+                (e, after)
+            }
+            Err(err) => (send_error(&err, url), None),
+        };
+        if !error.retryable || retry >= policy.max_retries {
+            let mut error = error;
+            if attempt > 1 {
+                error
+                    .message
+                    .push_str(&format!(" (after {attempt} attempts)"));
+            }
+            return Err(error);
+        }
+        let backoff = policy.backoff(retry);
+        let wait = match wait {
+            Some(after) if after > Duration::from_millis(policy.max_backoff_ms) => {
+                let mut error = error;
+                error.message.push_str(&format!(
+                    " (Retry-After {}s exceeds the retry policy)",
+                    after.as_secs()
+                ));
+                return Err(error);
+            }
+            // The server said when; that beats our own guess.
+            Some(after) => after,
+            None => backoff,
+        };
+        tokio::time::sleep(wait).await;
+        retry += 1;
+    }
+}
+
+/// Reads a JSON response body, naming the upstream on malformed JSON.
+///
+/// # Errors
+/// Transport errors and malformed JSON, each with a snippet of what came.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    resp: Response,
+    url: &str,
+) -> Result<T, PluginError> {
+    let text = resp.text().await.map_err(|e| send_error(&e, url))?;
+    serde_json::from_str(&text).map_err(|e| {
+        PluginError::upstream(format!(
+            "malformed JSON from {url} ({e}): {}",
+            snippet(&text, 200)
+        ))
+    })
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field (empty for the default).
+    pub event: String,
+    /// The `data:` field.
+    pub data: String,
+}
+
+/// The response body as server-sent events, each awaited with the idle timeout. The stream
+/// ends when the body ends; a transport error or a silence longer than `idle` is a last item
+/// error.
+pub fn sse_events(
+    resp: Response,
+    url: &str,
+    idle: Duration,
+) -> impl Stream<Item = Result<SseEvent, PluginError>> + Send + use<> {
+    let url = url.to_owned();
+    let events = Box::pin(resp.bytes_stream().eventsource());
+    futures::stream::unfold(Some(events), move |state| {
+        let url = url.clone();
+        async move {
+            let mut events = state?;
+            match tokio::time::timeout(idle, events.next()).await {
+                Err(_) => Some((
+                    Err(PluginError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "stream from {url} was idle for more than {} ms",
+                            idle.as_millis()
+                        ),
+                    )),
+                    None,
+                )),
+                Ok(None) => None,
+                Ok(Some(Ok(ev))) => Some((
+                    Ok(SseEvent {
+                        event: ev.event,
+                        data: ev.data,
+                    }),
+                    Some(events),
+                )),
+                Ok(Some(Err(e))) => Some((
+                    Err(PluginError::upstream(format!(
+                        "the connection to {url} dropped mid-stream: {e}"
+                    ))),
+                    None,
+                )),
+            }
+        }
+    })
+}

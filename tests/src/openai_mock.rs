@@ -1,0 +1,392 @@
+//! A real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions wire format, SSE
+//! included, with scripted replies and fault modes. It records every request it receives.
+//!
+//! With no scripted reply queued it answers like a model would: "echo: <last user message>",
+//! as JSON or, when the request asks for a stream, as SSE chunks with usage and `[DONE]`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::post;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// What happens after the scripted SSE events were sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// The body ends normally.
+    End,
+    /// The connection stays open and silent.
+    Hang,
+    /// The connection is dropped.
+    Drop,
+}
+
+/// One scripted reply.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A JSON body with a status and extra headers.
+    Json {
+        /// HTTP status.
+        status: u16,
+        /// Body.
+        body: Value,
+        /// Extra headers (`Retry-After` ...).
+        headers: Vec<(String, String)>,
+    },
+    /// A raw text body (for malformed JSON).
+    Raw {
+        /// HTTP status.
+        status: u16,
+        /// Body.
+        body: String,
+    },
+    /// An SSE stream: each string is one event's `data`, sent `delay_ms` apart.
+    Sse {
+        /// Event data, in order (include `"[DONE]"` to end properly).
+        events: Vec<String>,
+        /// Delay before each event.
+        delay_ms: u64,
+        /// What happens after the last event.
+        after: After,
+    },
+    /// Never answers.
+    Hang,
+}
+
+impl Reply {
+    /// A completion with text.
+    pub fn text(text: &str) -> Self {
+        Reply::Json {
+            status: 200,
+            body: completion(json!({"role": "assistant", "content": text}), "stop"),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A completion with tool calls: `(id, name, arguments JSON text)`.
+    pub fn tool_calls(calls: &[(&str, &str, &str)]) -> Self {
+        let calls: Vec<Value> = calls
+            .iter()
+            .map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}))
+            .collect();
+        Reply::Json {
+            status: 200,
+            body: completion(
+                json!({"role": "assistant", "content": null, "tool_calls": calls}),
+                "tool_calls",
+            ),
+            headers: Vec::new(),
+        }
+    }
+
+    /// An error status with an OpenAI-style error body.
+    pub fn error(status: u16, message: &str, code: &str) -> Self {
+        Reply::Json {
+            status,
+            body: json!({"error": {"message": message, "type": "error", "code": code}}),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a header to a JSON reply.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        if let Reply::Json { headers, .. } = &mut self {
+            headers.push((name.into(), value.into()));
+        }
+        self
+    }
+
+    /// A streamed text answer in the given pieces, with usage and `[DONE]`.
+    pub fn sse_text(pieces: &[&str]) -> Self {
+        let mut events: Vec<String> = pieces.iter().map(|p| text_chunk(p)).collect();
+        events.push(
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).to_string(),
+        );
+        events.push(usage_chunk(7, pieces.len() as u64));
+        events.push("[DONE]".into());
+        Reply::Sse {
+            events,
+            delay_ms: 0,
+            after: After::End,
+        }
+    }
+}
+
+/// A `chat.completion` body.
+pub fn completion(message: Value, finish_reason: &str) -> Value {
+    json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "model": "test-model",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
+    })
+}
+
+/// A stream chunk with text.
+pub fn text_chunk(text: &str) -> String {
+    json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+        .to_string()
+}
+
+/// A stream chunk with part of a tool call.
+pub fn tool_chunk(index: u32, id: Option<&str>, name: Option<&str>, args: &str) -> String {
+    let mut call = json!({"index": index, "function": {"arguments": args}});
+    if let Some(id) = id {
+        call["id"] = json!(id);
+        call["type"] = json!("function");
+    }
+    if let Some(name) = name {
+        call["function"]["name"] = json!(name);
+    }
+    json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": null}]})
+        .to_string()
+}
+
+/// The final usage chunk (no choices).
+pub fn usage_chunk(prompt: u64, completion: u64) -> String {
+    json!({"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}).to_string()
+}
+
+/// A request the server received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its JSON body.
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct MockState {
+    replies: Mutex<VecDeque<Reply>>,
+    requests: Mutex<Vec<Recorded>>,
+    /// Response bodies dropped before they were fully sent (the client went away).
+    abandoned: AtomicUsize,
+    /// Handlers or bodies still running.
+    in_flight: AtomicUsize,
+    /// Latency added before every default reply.
+    default_latency_ms: AtomicUsize,
+}
+
+/// The mock server. It runs until the process ends.
+#[derive(Clone)]
+pub struct MockOpenAi {
+    /// Its address.
+    pub addr: SocketAddr,
+    state: Arc<MockState>,
+}
+
+impl std::fmt::Debug for MockOpenAi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockOpenAi")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+struct InFlight(Arc<MockState>, bool);
+
+impl InFlight {
+    fn new(state: &Arc<MockState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(state), false)
+    }
+}
+
+impl InFlight {
+    fn complete(&mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !self.1 {
+            self.0.abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl MockOpenAi {
+    /// Starts a server on 127.0.0.1 with a port of its own, on its own thread and runtime (so it
+    /// outlives any test's runtime).
+    pub fn start() -> Self {
+        let state = Arc::new(MockState::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let st = Arc::clone(&state);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("mock runtime");
+            rt.block_on(async move {
+                let app = Router::new()
+                    .route("/v1/chat/completions", post(handle))
+                    .with_state(st);
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                tx.send(listener.local_addr().expect("addr"))
+                    .expect("send addr");
+                axum::serve(listener, app).await.expect("serve");
+            });
+        });
+        let addr = rx.recv().expect("mock server address");
+        Self { addr, state }
+    }
+
+    /// The base URL to configure a driver with (`http://127.0.0.1:PORT/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Queues replies, used in order by the next requests.
+    pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.replies.lock().unwrap().extend(replies);
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// How many responses were abandoned by the client before they completed.
+    pub fn abandoned(&self) -> usize {
+        self.state.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// How many requests are being answered right now.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Adds latency to every default (unscripted) reply.
+    pub fn set_default_latency(&self, ms: usize) {
+        self.state.default_latency_ms.store(ms, Ordering::SeqCst);
+    }
+}
+
+fn last_user(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .and_then(|ms| ms.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn handle(State(state): State<Arc<MockState>>, headers: HeaderMap, body: String) -> Response {
+    let mut guard = InFlight::new(&state);
+    let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    state.requests.lock().unwrap().push(Recorded {
+        headers,
+        body: json.clone(),
+    });
+    let scripted = state.replies.lock().unwrap().pop_front();
+    let reply = match scripted {
+        Some(r) => r,
+        None => {
+            let latency = state.default_latency_ms.load(Ordering::SeqCst) as u64;
+            if latency > 0 {
+                tokio::time::sleep(Duration::from_millis(latency)).await;
+            }
+            let text = format!("echo: {}", last_user(&json));
+            if json["stream"] == true {
+                let pieces: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
+                let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+                Reply::sse_text(&refs)
+            } else {
+                Reply::text(&text)
+            }
+        }
+    };
+    match reply {
+        Reply::Json {
+            status,
+            body,
+            headers,
+        } => {
+            guard.complete();
+            let mut b = Response::builder()
+                .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+                .header("content-type", "application/json");
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            b.body(Body::from(body.to_string())).unwrap()
+        }
+        Reply::Raw { status, body } => {
+            guard.complete();
+            Response::builder()
+                .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap()
+        }
+        Reply::Hang => {
+            futures::future::pending::<()>().await;
+            unreachable!()
+        }
+        Reply::Sse {
+            events,
+            delay_ms,
+            after,
+        } => {
+            let body = futures::stream::unfold(
+                (events.into_iter(), guard),
+                move |(mut it, mut guard)| async move {
+                    match it.next() {
+                        Some(data) => {
+                            if delay_ms > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                            }
+                            Some((
+                                Ok::<_, std::io::Error>(bytes::Bytes::from(format!(
+                                    "data: {data}\n\n"
+                                ))),
+                                (it, guard),
+                            ))
+                        }
+                        None => match after {
+                            After::End => {
+                                guard.complete();
+                                None
+                            }
+                            After::Hang => {
+                                futures::future::pending::<()>().await;
+                                None
+                            }
+                            After::Drop => {
+                                // Let what was sent reach the client before the connection goes.
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                guard.complete();
+                                Some((
+                                    Err(std::io::Error::other("dropped on purpose")),
+                                    (it, guard),
+                                ))
+                            }
+                        },
+                    }
+                },
+            )
+            .boxed();
+            Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(body))
+                .unwrap()
+        }
+    }
+}
