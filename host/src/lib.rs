@@ -7,10 +7,12 @@
 //! - [`plugin`]: safe handles to a loaded plugin's instances.
 //! - [`task`]: PromptTask, its sync and async paths, and the loop they share.
 //! - [`events`]: the event bus and event listeners.
+//! - [`daemon`]: the HTTP service (`grip serve`).
 //! - [`error`]: the error types.
 //!
 //! The `grip` binary is a thin CLI over this library.
 
+pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod loader;

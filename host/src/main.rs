@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use host::daemon::{self, DaemonConfig};
 use host::{EventBus, EventListener, Kind, LoaderOptions, Mode, PromptTask, Registry};
 use plugin_api::wire::{Event, EventKind};
 
@@ -38,6 +39,15 @@ enum Command {
     },
     /// Run a prompt task: the driver, tools and listeners are plugins; text streams as it comes.
     Run(RunArgs),
+    /// Serve prompt tasks over HTTP (see host::daemon for the API and the config file).
+    Serve {
+        /// The daemon's TOML config file (defaults apply without one).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen here instead of the config's `server.bind`.
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -159,6 +169,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Plugins { command } => plugins(command),
         Command::Run(args) => run_task(args),
+        Command::Serve { config, bind } => serve(config, bind),
     }
 }
 
@@ -337,5 +348,37 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
         out.usage.output_tokens,
         out.subtasks
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(config: Option<PathBuf>, bind: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
+    let mut config = match &config {
+        Some(path) => DaemonConfig::load(path)?,
+        None => DaemonConfig::default(),
+    };
+    if let Some(b) = bind {
+        config.server.bind = b;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.server.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.bind))?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(daemon::AppState::new(config, addr)?);
+        for r in state.registry().refused() {
+            tracing::warn!("{}", r.error);
+        }
+        let loaded: Vec<&str> = state.registry().plugins().map(|p| p.id()).collect();
+        tracing::info!(%addr, plugins = ?loaded, "listening");
+        eprintln!(
+            "grip: listening on http://{addr} (plugins: {})",
+            loaded.join(", ")
+        );
+        daemon::serve(state, listener, daemon::shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }

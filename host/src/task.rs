@@ -336,6 +336,11 @@ impl PromptTask {
         self
     }
 
+    /// Whether the task streams from its driver.
+    pub fn is_streaming(&self) -> bool {
+        self.stream
+    }
+
     /// The task id.
     pub fn id(&self) -> &str {
         &self.id

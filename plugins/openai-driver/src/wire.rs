@@ -335,7 +335,10 @@ pub fn delta_stream(
                         Err(e) => return Some((vec![Err(e)], None)),
                         Ok(deltas) if deltas.is_empty() => continue,
                         Ok(deltas) => {
-                            return Some((deltas.into_iter().map(Ok).collect(), Some((events, st))));
+                            return Some((
+                                deltas.into_iter().map(Ok).collect(),
+                                Some((events, st)),
+                            ));
                         }
                     },
                 }

@@ -1,0 +1,235 @@
+//! The daemon's configuration file.
+//!
+//! ```toml
+//! [server]
+//! bind = "127.0.0.1:8080"          # loopback by default
+//! auth_token_env = "GRIP_TOKEN"     # bearer token; required to bind a non-loopback address
+//! max_body_bytes = 1048576
+//! max_concurrent_tasks = 64         # beyond it: 429 with Retry-After, never a queue
+//! task_timeout_ms = 300000
+//! max_subtasks_cap = 50             # a request may not ask for more
+//! blocking_threads = 16             # bounded pool for sync-only drivers
+//! shutdown_grace_ms = 30000         # in-flight tasks get this long after SIGTERM/SIGINT
+//!
+//! [plugins]
+//! manifest_dirs = ["manifests"]     # relative to this file
+//! lib_dirs = []                     # searched before $GRIP_LIB_PATH and the grip executable's dir
+//! require_hash = false
+//!
+//! [defaults]
+//! driver = "scripted"               # used when a request names none
+//!
+//! [[listeners]]                     # listener plugins that receive every request's events
+//! plugin = "jsonl"
+//! config = { path = "events.jsonl" }
+//! batch_size = 10
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::loader::LoaderOptions;
+use crate::manifest::ManifestError;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// HTTP server settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where plugins come from.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// Defaults for requests.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Listener plugins that receive every request's events.
+    #[serde(default)]
+    pub listeners: Vec<GlobalListener>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "d::bind")]
+    pub bind: SocketAddr,
+    /// Environment variable holding the bearer token.
+    #[serde(default)]
+    pub auth_token_env: Option<String>,
+    /// Largest request body accepted.
+    #[serde(default = "d::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Tasks running at once; more are refused with 429.
+    #[serde(default = "d::max_concurrent_tasks")]
+    pub max_concurrent_tasks: usize,
+    /// Longest a task may run.
+    #[serde(default = "d::task_timeout_ms")]
+    pub task_timeout_ms: u64,
+    /// Largest `max_subtasks` a request may ask for.
+    #[serde(default = "d::max_subtasks_cap")]
+    pub max_subtasks_cap: usize,
+    /// Threads for tasks on the sync path.
+    #[serde(default = "d::blocking_threads")]
+    pub blocking_threads: usize,
+    /// How long in-flight tasks get after a shutdown signal.
+    #[serde(default = "d::shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: d::bind(),
+            auth_token_env: None,
+            max_body_bytes: d::max_body_bytes(),
+            max_concurrent_tasks: d::max_concurrent_tasks(),
+            task_timeout_ms: d::task_timeout_ms(),
+            max_subtasks_cap: d::max_subtasks_cap(),
+            blocking_threads: d::blocking_threads(),
+            shutdown_grace_ms: d::shutdown_grace_ms(),
+        }
+    }
+}
+
+mod d {
+    use std::net::SocketAddr;
+
+    pub fn bind() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    pub fn max_body_bytes() -> usize {
+        1 << 20
+    }
+    pub fn max_concurrent_tasks() -> usize {
+        64
+    }
+    pub fn task_timeout_ms() -> u64 {
+        300_000
+    }
+    pub fn max_subtasks_cap() -> usize {
+        50
+    }
+    pub fn blocking_threads() -> usize {
+        16
+    }
+    pub fn shutdown_grace_ms() -> u64 {
+        30_000
+    }
+    pub fn manifest_dirs() -> Vec<std::path::PathBuf> {
+        vec!["manifests".into()]
+    }
+    pub fn batch_size() -> usize {
+        10
+    }
+}
+
+/// `[plugins]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Manifest directories.
+    #[serde(default = "d::manifest_dirs")]
+    pub manifest_dirs: Vec<PathBuf>,
+    /// Library directories.
+    #[serde(default)]
+    pub lib_dirs: Vec<PathBuf>,
+    /// Refuse manifests without a sha256.
+    #[serde(default)]
+    pub require_hash: bool,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            manifest_dirs: d::manifest_dirs(),
+            lib_dirs: Vec::new(),
+            require_hash: false,
+        }
+    }
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Driver used when a request names none.
+    #[serde(default)]
+    pub driver: Option<String>,
+}
+
+/// `[[listeners]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalListener {
+    /// Listener plugin id.
+    pub plugin: String,
+    /// Config overrides.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    /// Events per batch.
+    #[serde(default = "d::batch_size")]
+    pub batch_size: usize,
+}
+
+impl DaemonConfig {
+    /// Reads a config file; relative directories in it are resolved against its directory.
+    ///
+    /// # Errors
+    /// A [`ManifestError`]-style error naming the file, line and field.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let err = |line, column, message| ManifestError {
+            path: path.to_owned(),
+            line,
+            column,
+            message,
+        };
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| err(None, None, format!("cannot read config: {e}")))?;
+        let mut config: DaemonConfig = toml::from_str(&src).map_err(|e| {
+            let (line, col) = e
+                .span()
+                .map(|s| {
+                    let before = &src[..s.start.min(src.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before
+                        .rfind('\n')
+                        .map_or(before.len(), |nl| before.len() - nl - 1)
+                        + 1;
+                    (Some(line), Some(col))
+                })
+                .unwrap_or((None, None));
+            err(
+                line,
+                col,
+                e.message().lines().collect::<Vec<_>>().join(", "),
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for dir in config
+            .plugins
+            .manifest_dirs
+            .iter_mut()
+            .chain(config.plugins.lib_dirs.iter_mut())
+        {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Loader options: the configured library dirs, then the defaults.
+    pub fn loader_options(&self) -> LoaderOptions {
+        let mut lib_dirs = self.plugins.lib_dirs.clone();
+        lib_dirs.extend(LoaderOptions::default_lib_dirs());
+        LoaderOptions {
+            lib_dirs,
+            require_hash: self.plugins.require_hash,
+        }
+    }
+}
