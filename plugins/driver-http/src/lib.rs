@@ -108,11 +108,34 @@ impl RetryPolicy {
     }
 }
 
-/// Builds the one client a driver instance uses.
+/// The client for `config`: one per distinct connect timeout and header set in the process,
+/// shared by every driver instance that asks for it, so instances made per task (as the daemon
+/// does) reuse connections and TLS setup instead of building a client each time.
 ///
 /// # Errors
 /// A config error for an invalid header name or value, or a client that cannot be built.
 pub fn client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
+    static CLIENTS: std::sync::LazyLock<
+        std::sync::Mutex<BTreeMap<(u64, Vec<(String, String)>), reqwest::Client>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let key = (
+        config.connect_timeout_ms,
+        config
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = clients.get(&key) {
+        return Ok(c.clone());
+    }
+    let c = build_client(config)?;
+    clients.insert(key, c.clone());
+    Ok(c)
+}
+
+fn build_client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
     let mut headers = HeaderMap::new();
     for (k, v) in &config.headers {
         let name = HeaderName::from_bytes(k.as_bytes())
