@@ -115,9 +115,8 @@ impl RetryPolicy {
 /// # Errors
 /// A config error for an invalid header name or value, or a client that cannot be built.
 pub fn client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
-    static CLIENTS: std::sync::LazyLock<
-        std::sync::Mutex<BTreeMap<(u64, Vec<(String, String)>), reqwest::Client>>,
-    > = std::sync::LazyLock::new(Default::default);
+    static CLIENTS: std::sync::LazyLock<std::sync::Mutex<BTreeMap<ClientKey, reqwest::Client>>> =
+        std::sync::LazyLock::new(Default::default);
     let key = (
         config.connect_timeout_ms,
         config
@@ -134,6 +133,9 @@ pub fn client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
     clients.insert(key, c.clone());
     Ok(c)
 }
+
+/// Connect timeout and headers: what a client is built from.
+type ClientKey = (u64, Vec<(String, String)>);
 
 fn build_client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
     let mut headers = HeaderMap::new();
