@@ -604,3 +604,26 @@ fn sigterm_lets_the_in_flight_task_finish_then_exits_0() {
     let after = rt.block_on(reqwest::Client::new().get(format!("{base}/healthz")).send());
     assert!(after.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_on_a_plain_request_cancels_its_task() {
+    let d = Daemon::start(config());
+    let r = client()
+        .post(d.url("/v1/tasks"))
+        .timeout(Duration::from_millis(300))
+        .json(&json!({"driver": "scripted", "input": "slow", "config": {"delay_ms": 5000}}))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client gave up");
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = client().get(d.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if metrics.contains("outcome=\"cancelled\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metrics.contains("outcome=\"cancelled\"} 1"), "{metrics}");
+    assert!(metrics.contains("grip_tasks_in_flight 0"), "{metrics}");
+    d.stop();
+}
