@@ -617,7 +617,14 @@ async fn a_client_that_gives_up_on_a_plain_request_cancels_its_task() {
     assert!(r.is_err(), "the client gave up");
     let mut metrics = String::new();
     for _ in 0..100 {
-        metrics = client().get(d.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        metrics = client()
+            .get(d.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if metrics.contains("outcome=\"cancelled\"} 1") {
             break;
         }
