@@ -7,11 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use host::daemon::{self, DaemonConfig};
 use host::{EventBus, EventListener, Kind, LoaderOptions, Mode, PromptTask, Registry};
-use plugin_api::wire::{Event, EventKind};
 
 /// A plugin host for LLM prompt drivers, tools and event listeners.
 #[derive(Parser)]
@@ -130,6 +128,10 @@ struct RunArgs {
     /// Print the task output as JSON (text, json, usage, subtasks) instead of plain text.
     #[arg(long)]
     json: bool,
+    /// Listener plugins that receive the run's events (repeatable; default: `console` when
+    /// loaded and without --json).
+    #[arg(long = "listener")]
+    listeners: Vec<String>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -295,35 +297,18 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(s) = &args.output_schema {
         task = task.output_schema(json_arg("--output-schema", s)?);
     }
-    let print_chunks = stream && !args.json;
-    let mid_line = AtomicBool::new(false);
-    let _console = bus.add_listener(EventListener::on_event("console", move |e: Event| {
-        match &e.kind {
-            EventKind::TextChunk { token } if print_chunks => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(token.as_bytes())?;
-                out.flush()?;
-                mid_line.store(true, Ordering::Relaxed);
-            }
-            EventKind::FinishPrompt { .. } if mid_line.swap(false, Ordering::Relaxed) => println!(),
-            EventKind::StartActionsSubtask { calls, .. } => {
-                for c in calls {
-                    eprintln!("-> {}({})", c.name, c.arguments);
-                }
-            }
-            EventKind::FinishActionsSubtask { results, .. } => {
-                for r in results {
-                    eprintln!(
-                        "<- {}{}",
-                        if r.is_error { "error: " } else { "" },
-                        r.content
-                    );
-                }
-            }
-            _ => {}
-        }
-        Ok(None)
-    }));
+    // Listener plugins see the run; by default the console plugin prints it as it happens.
+    let listener_ids = match (&args.listeners[..], args.json) {
+        ([], true) => Vec::new(),
+        ([], false) if registry.get("console").is_some() => vec!["console".to_owned()],
+        (ids, _) => ids.to_vec(),
+    };
+    let console_shown = listener_ids.iter().any(|id| id == "console");
+    let mut guards = Vec::new();
+    for id in &listener_ids {
+        let handle = find(id)?.new_listener(None)?;
+        guards.push(bus.add_listener(EventListener::new(id.clone()).driver(handle, 1)));
+    }
 
     let result = if use_async {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -333,10 +318,11 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         task.run()
     };
+    drop(guards);
     let out = result?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
-    } else if !stream {
+    } else if !console_shown {
         println!("{}", out.text);
     }
     eprintln!(

@@ -27,6 +27,11 @@ const PACKAGES: &[&str] = &[
     "slow-tool",
     "slow-sync-tool",
     "jsonl-listener",
+    "calculator",
+    "datetime",
+    "file-manager",
+    "webhook-listener",
+    "console-listener",
     "openai-driver",
     "e2e",
 ];

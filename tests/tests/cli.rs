@@ -108,7 +108,11 @@ fn run_executes_a_prompt_task_on_either_path_with_tools() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(stdout(&out), "echo: Hello plugins\n");
+        assert!(
+            stdout(&out).contains("echo: Hello plugins\n"),
+            "{}",
+            stdout(&out)
+        );
         let footer = String::from_utf8_lossy(&out.stderr).into_owned();
         let expected = if path == "sync" {
             "sync path"
@@ -137,7 +141,14 @@ fn run_executes_a_prompt_task_on_either_path_with_tools() {
         (v["text"].as_str(), v["subtasks"].as_u64()),
         (Some("3 words"), Some(1))
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("-> TextTools_word_count"));
+    // The console listener plugin shows the run as it happens.
+    let out = grip(&["run", "--tool", "text-tools", "--config", script, "count"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("→ TextTools_word_count({\"text\":\"a b c\"})\n← 3\n3 words"),
+        "{text}"
+    );
+    assert!(text.contains("■ done"), "{text}");
 
     let out = grip(&["run", "--driver", "nope", "x"]);
     assert_eq!(out.status.code(), Some(1));

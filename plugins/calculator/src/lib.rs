@@ -55,7 +55,7 @@ impl Tool for Calculator {
         )
         .activity(
             "calculate",
-            &format!(
+            format!(
                 "Evaluates one arithmetic expression. Operators: + - * / // % ** (power), unary minus, \
                  parentheses, comparisons == != < <= > >=. Functions: {}. Constants: {}. \
                  Numbers may be integers, decimals or scientific (1e-3).",

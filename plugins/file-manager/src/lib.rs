@@ -1,0 +1,368 @@
+//! The FileManager tool: list, read, write, append and delete files under one root directory.
+//!
+//! ```toml
+//! [config]
+//! root = "workspace"          # required; created if missing
+//! max_read_bytes = 1048576    # larger files are refused, not truncated
+//! max_write_bytes = 1048576   # per write or append, and the largest file an append may make
+//! allow_delete = true
+//! ```
+//!
+//! Every path is relative to the root. It is refused if it is absolute, if `..` would leave the
+//! root, or if it resolves outside the root through a symbolic link (the deepest existing part
+//! of the path is canonicalised and must stay under the canonical root). Writes are atomic: the
+//! content goes to a temporary file in the same directory, which is then renamed over the target.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use plugin_api::prelude::*;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    root: PathBuf,
+    #[serde(default = "mib")]
+    max_read_bytes: u64,
+    #[serde(default = "mib")]
+    max_write_bytes: u64,
+    #[serde(default = "yes")]
+    allow_delete: bool,
+}
+
+fn mib() -> u64 {
+    1 << 20
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The tool.
+pub struct FileManager {
+    root: PathBuf,
+    config: Config,
+}
+
+type R<T> = Result<T, String>;
+
+const MAX_LIST: usize = 1000;
+
+impl FileManager {
+    /// Resolves `rel` under the root, refusing every way out of it.
+    fn resolve(&self, rel: &str) -> R<PathBuf> {
+        let p = Path::new(rel.trim());
+        let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+        for c in p.components() {
+            match c {
+                Component::Normal(x) => parts.push(x),
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    if parts.pop().is_none() {
+                        return Err(format!("`{rel}` leaves the root directory (`..`)"));
+                    }
+                }
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(format!(
+                        "`{rel}` is absolute: give a path relative to the root directory"
+                    ));
+                }
+            }
+        }
+        let joined: PathBuf = parts
+            .iter()
+            .fold(self.root.clone(), |acc, part| acc.join(part));
+        // Canonicalise the deepest part that exists; the rest does not exist yet.
+        let mut existing = joined.clone();
+        let mut missing = Vec::new();
+        while fs::symlink_metadata(&existing).is_err() {
+            match existing.file_name() {
+                Some(name) => missing.push(name.to_owned()),
+                None => break,
+            }
+            if !existing.pop() {
+                break;
+            }
+        }
+        let canon = existing
+            .canonicalize()
+            .map_err(|e| format!("`{rel}` cannot be resolved: {e} (a broken symbolic link?)"))?;
+        if !canon.starts_with(&self.root) {
+            return Err(format!(
+                "`{rel}` resolves outside the root directory (through a symbolic link)"
+            ));
+        }
+        Ok(missing.iter().rev().fold(canon, |acc, m| acc.join(m)))
+    }
+
+    fn shown(&self, p: &Path) -> String {
+        p.strip_prefix(&self.root)
+            .map(|r| {
+                if r.as_os_str().is_empty() {
+                    ".".into()
+                } else {
+                    r.display().to_string()
+                }
+            })
+            .unwrap_or_else(|_| p.display().to_string())
+    }
+
+    fn list(&self, rel: &str) -> R<String> {
+        let dir = self.resolve(rel)?;
+        let read = fs::read_dir(&dir).map_err(|e| format!("cannot list `{rel}`: {e}"))?;
+        let mut entries: Vec<Value> = Vec::new();
+        let mut total = 0;
+        for entry in read.flatten() {
+            total += 1;
+            if entries.len() >= MAX_LIST {
+                continue;
+            }
+            let meta = entry.metadata().ok();
+            let kind = match entry.file_type() {
+                Ok(t) if t.is_symlink() => "symlink",
+                Ok(t) if t.is_dir() => "dir",
+                Ok(_) => "file",
+                Err(_) => "unknown",
+            };
+            entries.push(json!({
+                "name": entry.file_name().to_string_lossy(),
+                "type": kind,
+                "bytes": meta.map(|m| m.len()),
+            }));
+        }
+        entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        Ok(json!({"path": self.shown(&dir), "entries": entries, "total": total, "truncated": total > MAX_LIST}).to_string())
+    }
+
+    fn read(&self, rel: &str) -> R<String> {
+        let path = self.resolve(rel)?;
+        let meta = fs::metadata(&path).map_err(|e| format!("cannot read `{rel}`: {e}"))?;
+        if meta.is_dir() {
+            return Err(format!("`{rel}` is a directory: use `list`"));
+        }
+        if meta.len() > self.config.max_read_bytes {
+            return Err(format!(
+                "`{rel}` is {} bytes; the read limit is {} bytes",
+                meta.len(),
+                self.config.max_read_bytes
+            ));
+        }
+        let bytes = fs::read(&path).map_err(|e| format!("cannot read `{rel}`: {e}"))?;
+        String::from_utf8(bytes).map_err(|_| format!("`{rel}` is not UTF-8 text"))
+    }
+
+    fn check_size(&self, content: &str) -> R<()> {
+        if content.len() as u64 > self.config.max_write_bytes {
+            return Err(format!(
+                "the content is {} bytes; the write limit is {} bytes",
+                content.len(),
+                self.config.max_write_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    fn target_for_write(&self, rel: &str) -> R<PathBuf> {
+        let path = self.resolve(rel)?;
+        if path == self.root || path.is_dir() {
+            return Err(format!("`{rel}` is a directory"));
+        }
+        let parent = path
+            .parent()
+            .ok_or_else(|| format!("`{rel}` has no parent directory"))?;
+        fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create the directories of `{rel}`: {e}"))?;
+        Ok(path)
+    }
+
+    fn write(&self, rel: &str, content: &str) -> R<String> {
+        self.check_size(content)?;
+        let path = self.target_for_write(rel)?;
+        let parent = path.parent().unwrap_or(&self.root);
+        let mut tmp = tempfile::NamedTempFile::new_in(parent)
+            .map_err(|e| format!("cannot write `{rel}`: {e}"))?;
+        tmp.write_all(content.as_bytes())
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| format!("cannot write `{rel}`: {e}"))?;
+        tmp.persist(&path)
+            .map_err(|e| format!("cannot write `{rel}`: {}", e.error))?;
+        Ok(format!(
+            "wrote {} bytes to {}",
+            content.len(),
+            self.shown(&path)
+        ))
+    }
+
+    fn append(&self, rel: &str, content: &str) -> R<String> {
+        self.check_size(content)?;
+        let path = self.target_for_write(rel)?;
+        let current = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if current + content.len() as u64 > self.config.max_write_bytes {
+            return Err(format!(
+                "appending would make `{rel}` {} bytes; the limit is {} bytes",
+                current + content.len() as u64,
+                self.config.max_write_bytes
+            ));
+        }
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("cannot append to `{rel}`: {e}"))?;
+        f.write_all(content.as_bytes())
+            .map_err(|e| format!("cannot append to `{rel}`: {e}"))?;
+        Ok(format!(
+            "appended {} bytes to {}",
+            content.len(),
+            self.shown(&path)
+        ))
+    }
+
+    fn delete(&self, rel: &str) -> R<String> {
+        if !self.config.allow_delete {
+            return Err("deleting is disabled in this tool's configuration".into());
+        }
+        // Delete the link itself, never what it points to: resolve the parent only.
+        let p = Path::new(rel.trim());
+        let name = p
+            .file_name()
+            .ok_or_else(|| format!("`{rel}` does not name a file"))?;
+        let parent_rel = p
+            .parent()
+            .map(|x| x.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = self.resolve(&parent_rel)?.join(name);
+        let meta =
+            fs::symlink_metadata(&path).map_err(|e| format!("cannot delete `{rel}`: {e}"))?;
+        if meta.is_dir() {
+            return Err(format!("`{rel}` is a directory; only files are deleted"));
+        }
+        fs::remove_file(&path).map_err(|e| format!("cannot delete `{rel}`: {e}"))?;
+        Ok(format!("deleted {}", self.shown(&path)))
+    }
+
+    fn run(&self, call: &ToolInvocation) -> R<String> {
+        let s = |name: &str| {
+            call.input
+                .get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("`{name}` must be a string"))
+        };
+        match call.activity.as_str() {
+            "list" => self.list(
+                call.input
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .unwrap_or("."),
+            ),
+            "read" => self.read(s("path")?),
+            "write" => self.write(s("path")?, s("content")?),
+            "append" => self.append(s("path")?, s("content")?),
+            "delete" => self.delete(s("path")?),
+            other => Err(format!(
+                "unknown activity `{other}`; use list, read, write, append or delete"
+            )),
+        }
+    }
+
+    fn output(&self, call: &ToolInvocation) -> ToolOutput {
+        match self.run(call) {
+            Ok(v) => ToolOutput::ok(v),
+            Err(e) => ToolOutput::error(e),
+        }
+    }
+}
+
+fn schema(props: Value, required: &[&str]) -> Value {
+    json!({"type": "object", "properties": props, "required": required, "additionalProperties": false})
+}
+
+impl Tool for FileManager {
+    type Config = Config;
+    const SYNC: bool = true;
+    const ASYNC: bool = true;
+
+    fn new(config: Config) -> Result<Self, PluginError> {
+        fs::create_dir_all(&config.root).map_err(|e| {
+            PluginError::config(format!(
+                "root `{}` cannot be created: {e}",
+                config.root.display()
+            ))
+        })?;
+        let root = config.root.canonicalize().map_err(|e| {
+            PluginError::config(format!(
+                "root `{}` cannot be used: {e}",
+                config.root.display()
+            ))
+        })?;
+        if !root.is_dir() {
+            return Err(PluginError::config(format!(
+                "root `{}` is not a directory",
+                root.display()
+            )));
+        }
+        Ok(Self { root, config })
+    }
+
+    fn spec(&self) -> ToolSpec {
+        let path = json!({"type": "string", "description": "Relative to the root directory"});
+        let content = json!({"type": "string", "maxLength": self.config.max_write_bytes});
+        ToolSpec::new(
+            "FileManager",
+            "Lists, reads, writes, appends to and deletes files in a sandboxed directory",
+        )
+        .activity(
+            "list",
+            "Lists a directory (default: the root)",
+            schema(json!({"path": path}), &[]),
+        )
+        .activity(
+            "read",
+            "Reads a UTF-8 text file",
+            schema(json!({"path": path}), &["path"]),
+        )
+        .activity(
+            "write",
+            "Creates or replaces a file, atomically",
+            schema(
+                json!({"path": path, "content": content}),
+                &["path", "content"],
+            ),
+        )
+        .activity(
+            "append",
+            "Appends text to a file, creating it if needed",
+            schema(
+                json!({"path": path, "content": content}),
+                &["path", "content"],
+            ),
+        )
+        .activity(
+            "delete",
+            "Deletes a file",
+            schema(json!({"path": path}), &["path"]),
+        )
+    }
+
+    fn call(&self, call: ToolInvocation) -> Result<ToolOutput, PluginError> {
+        Ok(self.output(&call))
+    }
+
+    async fn call_async(&self, call: ToolInvocation) -> Result<ToolOutput, PluginError> {
+        let this = Self {
+            root: self.root.clone(),
+            config: self.config.clone(),
+        };
+        spawn_blocking(move || this.output(&call)).await
+    }
+}
+
+plugin_api::export_plugin! {
+    id: "file-manager",
+    description: "Files under one root directory: list, read, write (atomic), append, delete",
+    tool: FileManager,
+}
