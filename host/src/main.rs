@@ -101,8 +101,8 @@ enum PluginsCommand {
 struct RunArgs {
     /// The input of the prompt task.
     input: String,
-    /// Driver plugin id.
-    #[arg(long, default_value = "scripted")]
+    /// Driver plugin id (default: the local model).
+    #[arg(long, default_value = "local")]
     driver: String,
     /// Tool plugin ids offered to the model (repeatable).
     #[arg(long = "tool")]
@@ -270,6 +270,16 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
         })
     };
     let plugin = find(&args.driver)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // A driver that needs a model file gets it now (downloaded once, then cached).
+    rt.block_on(host::models::prepare(
+        plugin,
+        &host::models::cache_dir(),
+        true,
+    ))
+    .with_context(|| format!("preparing the model of `{}`", plugin.id()))?;
     let overrides = args
         .config
         .as_deref()
@@ -311,9 +321,6 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let result = if use_async {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
         rt.block_on(task.async_run())
     } else {
         task.run()
@@ -354,6 +361,7 @@ fn serve(config: Option<PathBuf>, bind: Option<std::net::SocketAddr>) -> anyhow:
             .with_context(|| format!("cannot listen on {}", config.server.bind))?;
         let addr = listener.local_addr()?;
         let state = Arc::new(daemon::AppState::new(config, addr)?);
+        state.prepare_models().await;
         for r in state.registry().refused() {
             tracing::warn!("{}", r.error);
         }

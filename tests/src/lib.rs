@@ -32,6 +32,7 @@ const PACKAGES: &[&str] = &[
     "file-manager",
     "webhook-listener",
     "console-listener",
+    "llama-driver",
     "openai-driver",
     "e2e",
 ];

@@ -102,7 +102,14 @@ fn plugins_hash_prints_the_sha256_the_loader_checks() {
 #[test]
 fn run_executes_a_prompt_task_on_either_path_with_tools() {
     for path in ["auto", "async", "sync"] {
-        let out = grip(&["run", "--path", path, "Hello plugins"]);
+        let out = grip(&[
+            "run",
+            "--driver",
+            "scripted",
+            "--path",
+            path,
+            "Hello plugins",
+        ]);
         assert!(
             out.status.success(),
             "{}",
@@ -124,6 +131,8 @@ fn run_executes_a_prompt_task_on_either_path_with_tools() {
     let script = r#"{"script":[{"tool_calls":[{"name":"TextTools_word_count","arguments":{"text":"a b c"}}]},{"text":"3 words"}]}"#;
     let out = grip(&[
         "run",
+        "--driver",
+        "scripted",
         "--tool",
         "text-tools",
         "--config",
@@ -142,7 +151,16 @@ fn run_executes_a_prompt_task_on_either_path_with_tools() {
         (Some("3 words"), Some(1))
     );
     // The console listener plugin shows the run as it happens.
-    let out = grip(&["run", "--tool", "text-tools", "--config", script, "count"]);
+    let out = grip(&[
+        "run",
+        "--driver",
+        "scripted",
+        "--tool",
+        "text-tools",
+        "--config",
+        script,
+        "count",
+    ]);
     let text = stdout(&out);
     assert!(
         text.contains("→ TextTools_word_count({\"text\":\"a b c\"})\n← 3\n3 words"),
@@ -153,7 +171,14 @@ fn run_executes_a_prompt_task_on_either_path_with_tools() {
     let out = grip(&["run", "--driver", "nope", "x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no loaded plugin `nope`"));
-    let out = grip(&["run", "--output-schema", "{not json", "x"]);
+    let out = grip(&[
+        "run",
+        "--driver",
+        "scripted",
+        "--output-schema",
+        "{not json",
+        "x",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--output-schema must be JSON"));
 }

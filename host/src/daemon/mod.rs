@@ -135,6 +135,21 @@ impl AppState {
         })
     }
 
+    /// Fetches the model files the loaded drivers need (see [`crate::models`]); a failure is
+    /// logged and leaves that driver's tasks failing with the reason.
+    pub async fn prepare_models(&self) {
+        let cache = crate::models::cache_dir();
+        for p in self.registry.of_kind(Kind::PromptDriver) {
+            match crate::models::prepare(p, &cache, false).await {
+                Ok(Some(path)) => {
+                    tracing::info!(plugin = p.id(), path = %path.display(), "model ready")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(plugin = p.id(), "model unavailable: {e}"),
+            }
+        }
+    }
+
     /// The loaded plugins.
     pub fn registry(&self) -> &Registry {
         &self.registry
