@@ -45,6 +45,7 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let path = ManifestSpec::named("bench", "bench_plugin")
         .kind("prompt_driver", &["sync", "async", "stream"])
+        .kind("event_listener", &["sync", "async"])
         .write(dir.path(), "bench.toml");
     let mut registry = Registry::new();
     registry.add_manifest(&path, &a.options()).unwrap();
@@ -140,11 +141,113 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+fn wire(c: &mut Criterion) {
+    use plugin_api::wire::{Event, EventKind, FunctionSpec};
+    let mut stack = vec![Message::system(
+        "You are a helpful assistant. Use the tools when they help.",
+    )];
+    for i in 0..5 {
+        stack.push(Message::user(format!(
+            "Question {i}: what is {i} times 17, and what day is it?"
+        )));
+        stack.push(Message::assistant(format!(
+            "Answer {i}: {} and it is Tuesday.",
+            i * 17
+        )));
+    }
+    let mut request = PromptRequest::new(stack);
+    request.tools = (0..3)
+        .map(|i| FunctionSpec {
+            name: format!("Tool{i}_run"),
+            description: "Does a thing with an input".into(),
+            parameters: serde_json::json!({"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"]}),
+        })
+        .collect();
+    let event = Event::new(
+        "task",
+        "run",
+        EventKind::TextChunk {
+            token: "Hello".into(),
+        },
+    );
+    let req_json = serde_json::to_string(&request).unwrap();
+    let ev_json = serde_json::to_string(&event).unwrap();
+    let mut g = c.benchmark_group("wire_json");
+    g.bench_function("encode_prompt_stack_11_messages_3_tools", |b| {
+        b.iter(|| serde_json::to_string(black_box(&request)).unwrap())
+    });
+    g.bench_function("decode_prompt_stack_11_messages_3_tools", |b| {
+        b.iter(|| serde_json::from_str::<PromptRequest>(black_box(&req_json)).unwrap())
+    });
+    g.bench_function("encode_event", |b| {
+        b.iter(|| serde_json::to_string(black_box(&event)).unwrap())
+    });
+    g.bench_function("decode_event", |b| {
+        b.iter(|| serde_json::from_str::<Event>(black_box(&ev_json)).unwrap())
+    });
+    g.finish();
+}
+
+fn fan_out(c: &mut Criterion) {
+    use host::{EventBus, EventListener};
+    use plugin_api::wire::{Event, EventKind};
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let path = ManifestSpec::named("bench", "bench_plugin")
+        .kind("prompt_driver", &["sync", "async", "stream"])
+        .kind("event_listener", &["sync", "async"])
+        .write(dir.path(), "bench.toml");
+    let mut registry = host::Registry::new();
+    registry.add_manifest(&path, &a.options()).unwrap();
+    let plugin = registry.get("bench").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let event = Event::new(
+        "t",
+        "r",
+        EventKind::TextChunk {
+            token: "tok".into(),
+        },
+    );
+    let mut g = c.benchmark_group("fan_out");
+    for n in [1usize, 3, 10] {
+        let native = std::sync::Arc::new(EventBus::new());
+        let plugins = std::sync::Arc::new(EventBus::new());
+        let mut guards = Vec::new();
+        for i in 0..n {
+            guards.push(
+                native.add_listener(EventListener::on_event(format!("n{i}"), |e| {
+                    black_box(&e);
+                    Ok(None)
+                })),
+            );
+            let handle = plugin.new_listener(None).unwrap();
+            guards
+                .push(plugins.add_listener(EventListener::new(format!("p{i}")).driver(handle, 1)));
+        }
+        g.bench_function(format!("publish_event_{n}_native"), |b| {
+            b.iter(|| native.publish_event(&event).unwrap())
+        });
+        g.bench_function(format!("publish_event_{n}_plugin"), |b| {
+            b.iter(|| plugins.publish_event(&event).unwrap())
+        });
+        g.bench_function(format!("apublish_event_{n}_native"), |b| {
+            b.iter(|| rt.block_on(native.apublish_event(&event)))
+        });
+        g.bench_function(format!("apublish_event_{n}_plugin"), |b| {
+            b.iter(|| rt.block_on(plugins.apublish_event(&event)))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = bench
+    targets = bench, wire, fan_out
 }
 criterion_main!(benches);

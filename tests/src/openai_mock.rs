@@ -2,7 +2,9 @@
 //! included, with scripted replies and fault modes. It records every request it receives.
 //!
 //! With no scripted reply queued it answers like a model would: "echo: <last user message>",
-//! as JSON or, when the request asks for a stream, as SSE chunks with usage and `[DONE]`.
+//! as JSON or, when the request asks for a stream, as SSE chunks with usage and `[DONE]`. A user
+//! message `calc: <expression>` gets a `Calculator_calculate` tool call first, then "the result
+//! is <tool result>" (for load tests of the tool round trip).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -302,13 +304,29 @@ async fn handle(State(state): State<Arc<MockState>>, headers: HeaderMap, body: S
             if latency > 0 {
                 tokio::time::sleep(Duration::from_millis(latency)).await;
             }
-            let text = format!("echo: {}", last_user(&json));
-            if json["stream"] == true {
-                let pieces: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
-                let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-                Reply::sse_text(&refs)
+            let user = last_user(&json);
+            let answered = json["messages"]
+                .as_array()
+                .is_some_and(|ms| ms.iter().any(|m| m["role"] == "tool"));
+            // `calc: <expression>` asks for one Calculator round trip, for load tests.
+            if let (Some(expr), false) = (user.strip_prefix("calc: "), answered) {
+                let args = json!({"expression": expr}).to_string();
+                Reply::tool_calls(&[("call_calc", "Calculator_calculate", args.as_str())])
             } else {
-                Reply::text(&text)
+                let text = match json["messages"].as_array().and_then(|ms| ms.last()) {
+                    Some(m) if m["role"] == "tool" => {
+                        format!("the result is {}", m["content"].as_str().unwrap_or(""))
+                    }
+                    _ => format!("echo: {user}"),
+                };
+                if json["stream"] == true {
+                    let pieces: Vec<String> =
+                        text.split_inclusive(' ').map(str::to_owned).collect();
+                    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+                    Reply::sse_text(&refs)
+                } else {
+                    Reply::text(&text)
+                }
             }
         }
     };

@@ -81,10 +81,13 @@ async fn file(State(s): State<Arc<Index>>, headers: HeaderMap) -> Response {
     if s.truncate_next.load(Ordering::SeqCst) > 0 {
         s.truncate_next.fetch_sub(1, Ordering::SeqCst);
         let half = rest[..len / 2].to_vec();
-        let body = futures::stream::iter([
-            Ok::<_, std::io::Error>(bytes::Bytes::from(half)),
-            Err(std::io::Error::other("cut")),
-        ]);
+        // Send the first half, let it reach the client, then drop the connection.
+        let first = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(half))]);
+        let cut = futures::stream::once(async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            Err::<bytes::Bytes, _>(std::io::Error::other("cut"))
+        });
+        let body = futures::StreamExt::chain(first, cut);
         return Response::builder()
             .status(status)
             .header("content-length", len)

@@ -1,5 +1,6 @@
-//! The smallest useful driver, for measuring what the plugin boundary costs: it answers
-//! "ok" at once, and streams `n` one-word text deltas (`n` from the last user message).
+//! The smallest useful driver and listener, for measuring what the plugin boundary costs: the
+//! driver answers "ok" at once and streams `n` one-word text deltas (`n` from the last user
+//! message); the listener drops what it gets.
 
 use plugin_api::futures::{StreamExt, stream};
 use plugin_api::prelude::*;
@@ -45,7 +46,31 @@ impl PromptDriver for Noop {
     }
 }
 
+/// A listener driver that drops what it gets.
+pub struct Sink;
+
+impl EventListenerDriver for Sink {
+    type Config = NoConfig;
+    const SYNC: bool = true;
+    const ASYNC: bool = true;
+
+    fn new(_: NoConfig) -> Result<Self, PluginError> {
+        Ok(Sink)
+    }
+
+    fn publish(&self, events: Vec<Event>) -> Result<(), PluginError> {
+        std::hint::black_box(events);
+        Ok(())
+    }
+
+    async fn publish_async(&self, events: Vec<Event>) -> Result<(), PluginError> {
+        std::hint::black_box(events);
+        Ok(())
+    }
+}
+
 plugin_api::export_plugin! {
     id: "bench",
     driver: Noop,
+    listener: Sink,
 }
