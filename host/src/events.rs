@@ -376,12 +376,7 @@ impl EventBus {
         for l in &listeners {
             let out = match &l.handler {
                 Handler::Identity => Ok(Some(event.clone())),
-                Handler::Sync(h) => {
-                    match std::panic::catch_unwind(AssertUnwindSafe(|| h(event.clone()))) {
-                        Ok(r) => r,
-                        Err(p) => Err(panic_text(p.as_ref()).into()),
-                    }
-                }
+                Handler::Sync(h) => call_sync(h, event),
                 Handler::Async(_) => continue, // refused above
             };
             self.deliver_sync(l, out);
@@ -417,12 +412,7 @@ impl EventBus {
             match &l.handler {
                 Handler::Identity | Handler::Sync(_) => {
                     let out = match &l.handler {
-                        Handler::Sync(h) => {
-                            match std::panic::catch_unwind(AssertUnwindSafe(|| h(event.clone()))) {
-                                Ok(r) => r,
-                                Err(p) => Err(panic_text(p.as_ref()).into()),
-                            }
-                        }
+                        Handler::Sync(h) => call_sync(h, event),
                         _ => Ok(Some(event.clone())),
                     };
                     if l.driver.is_some() {
@@ -491,6 +481,14 @@ impl EventBus {
     pub async fn aflush(&self) {
         let listeners = self.listeners();
         futures::future::join_all(listeners.iter().map(|l| self.aflush_one(l))).await;
+    }
+}
+
+/// Calls a sync handler, turning a panic into a handler error.
+fn call_sync(h: &SyncHandler, event: &Event) -> HandlerResult {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| h(event.clone()))) {
+        Ok(r) => r,
+        Err(p) => Err(panic_text(p.as_ref()).into()),
     }
 }
 

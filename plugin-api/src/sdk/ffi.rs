@@ -54,6 +54,10 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(recorded) = LAST_PANIC.with(|p| p.borrow_mut().take()) {
         return recorded;
     }
+    payload_text(payload)
+}
+
+fn payload_text(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -78,14 +82,7 @@ fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            let payload = info.payload();
-            let msg = if let Some(s) = payload.downcast_ref::<&str>() {
-                (*s).to_owned()
-            } else if let Some(s) = payload.downcast_ref::<String>() {
-                s.clone()
-            } else {
-                "panic with a non-string payload".to_owned()
-            };
+            let msg = payload_text(info.payload());
             let text = match info.location() {
                 Some(loc) => format!("{msg} (at {}:{}:{})", loc.file(), loc.line(), loc.column()),
                 None => msg,
