@@ -1022,7 +1022,8 @@ fn strip_fences(text: &str) -> &str {
 struct StreamAggregator {
     plugin: String,
     text: String,
-    calls: Vec<(Option<String>, Option<String>, String)>,
+    /// Tool-call parts by index: ordered, and indices need not be contiguous.
+    calls: std::collections::BTreeMap<u32, (Option<String>, Option<String>, String)>,
     usage: Usage,
     finish: Option<String>,
 }
@@ -1032,7 +1033,7 @@ impl StreamAggregator {
         Self {
             plugin: plugin.to_owned(),
             text: String::new(),
-            calls: Vec::new(),
+            calls: Default::default(),
             usage: Usage::default(),
             finish: None,
         }
@@ -1050,11 +1051,7 @@ impl StreamAggregator {
                 name,
                 arguments,
             } => {
-                let i = index as usize;
-                if self.calls.len() <= i {
-                    self.calls.resize(i + 1, (None, None, String::new()));
-                }
-                let slot = &mut self.calls[i];
+                let slot = self.calls.entry(index).or_default();
                 if id.is_some() {
                     slot.0 = id.clone();
                 }
@@ -1082,7 +1079,7 @@ impl StreamAggregator {
 
     fn finish(self) -> Result<PromptResponse, TaskError> {
         let mut message = Message::assistant(self.text);
-        for (i, (id, name, args)) in self.calls.into_iter().enumerate() {
+        for (i, (id, name, args)) in self.calls.into_values().enumerate() {
             let Some(name) = name else {
                 return Err(TaskError::Stream {
                     plugin: self.plugin,
@@ -1173,6 +1170,45 @@ mod tests {
             serde_json::json!({"y": 2})
         );
         assert_eq!(r.usage.output_tokens, 4);
+    }
+
+    #[test]
+    fn sparse_tool_call_indices_and_usage_snapshots() {
+        // Anthropic numbers content blocks: text at 0, tools at 1 and 3.
+        let mut agg = StreamAggregator::new("p");
+        for d in [
+            StreamDelta::Usage {
+                usage: Usage {
+                    input_tokens: 10,
+                    output_tokens: 1,
+                },
+            },
+            StreamDelta::ToolCall {
+                index: 3,
+                id: Some("t3".into()),
+                name: Some("B".into()),
+                arguments: String::new(),
+            },
+            StreamDelta::ToolCall {
+                index: 1,
+                id: Some("t1".into()),
+                name: Some("A".into()),
+                arguments: "{}".into(),
+            },
+            StreamDelta::Usage {
+                usage: Usage {
+                    input_tokens: 10,
+                    output_tokens: 7,
+                },
+            },
+        ] {
+            agg.push(d);
+        }
+        let r = agg.finish().unwrap();
+        let ids: Vec<&str> = r.message.tool_calls.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["t1", "t3"]);
+        assert_eq!(r.message.tool_calls[1].arguments, serde_json::json!({}));
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (10, 7));
     }
 
     #[test]

@@ -182,9 +182,27 @@ pub struct PromptResponse {
     /// Token usage, if the driver knows it.
     #[serde(default)]
     pub usage: Usage,
-    /// Why generation stopped (`stop`, `length`, `tool_calls`, ...).
+    /// Why generation stopped: one of the [`finish_reason`] names, whatever the vendor calls
+    /// it (drivers translate), or a vendor's own name when none fits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
+}
+
+/// The shared names of why generation stopped. Drivers translate their vendor's names into
+/// these (Anthropic's `end_turn` is [`STOP`](finish_reason::STOP), `max_tokens` is
+/// [`LENGTH`](finish_reason::LENGTH), `tool_use` is [`TOOL_CALLS`](finish_reason::TOOL_CALLS)),
+/// so hosts and listeners never need to know which vendor answered.
+pub mod finish_reason {
+    /// The model finished its answer, or hit a stop sequence.
+    pub const STOP: &str = "stop";
+    /// The token limit cut the answer short.
+    pub const LENGTH: &str = "length";
+    /// The model asked for tool calls.
+    pub const TOOL_CALLS: &str = "tool_calls";
+    /// The model declined to answer; the text says why.
+    pub const REFUSAL: &str = "refusal";
+    /// The provider's content filter removed or stopped the answer.
+    pub const CONTENT_FILTER: &str = "content_filter";
 }
 
 impl PromptResponse {
@@ -210,7 +228,9 @@ pub enum StreamDelta {
     },
     /// Part of a tool call; parts with the same `index` belong to one call.
     ToolCall {
-        /// Position of the call in the assistant message.
+        /// Which call this part belongs to. Calls are ordered by index; indices need not be
+        /// contiguous (a vendor's content-block index works), they only have to be distinct
+        /// per call. The first part of a call should carry its `id` and `name`.
         index: u32,
         /// Call id (usually only on the first part).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,14 +242,17 @@ pub enum StreamDelta {
         #[serde(default)]
         arguments: String,
     },
-    /// Token usage (usually last).
+    /// Token usage so far: a snapshot of the totals for this response, not an increment.
+    /// A later `Usage` replaces an earlier one, so a driver whose vendor reports input and
+    /// output tokens at different times (Anthropic: `message_start`, then `message_delta`)
+    /// sends the combined totals each time, and nothing is counted twice.
     Usage {
         /// The counts.
         usage: Usage,
     },
     /// Why generation stopped.
     Finish {
-        /// `stop`, `length`, `tool_calls`, ...
+        /// One of the [`finish_reason`] names.
         reason: String,
     },
 }

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use host::{LoaderOptions, Registry};
 
-pub mod openai_mock;
+pub mod mock_llm;
 
 /// Cdylib packages built for the tests (first-party plugins and fixtures).
 const PACKAGES: &[&str] = &[
@@ -34,6 +34,7 @@ const PACKAGES: &[&str] = &[
     "console-listener",
     "llama-driver",
     "openai-driver",
+    "anthropic-driver",
     "e2e",
 ];
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use e2e::openai_mock::{After, MockOpenAi, Reply, text_chunk};
+use e2e::mock_llm::{After, MockLlm, Reply, text_chunk};
 use e2e::{ManifestSpec, artifacts, scripted};
 use futures::StreamExt;
 use host::daemon::{self, AppState, DaemonConfig};
@@ -439,7 +439,7 @@ async fn overload_is_refused_with_retry_after_and_timeouts_are_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_failures_map_to_502_and_a_client_disconnect_cancels_the_upstream_call() {
-    let mock = MockOpenAi::start();
+    let mock = MockLlm::start();
     let d = Daemon::start(config());
     mock.push([Reply::error(
         401,

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use e2e::openai_mock::{After, MockOpenAi, Reply, text_chunk, tool_chunk, usage_chunk};
+use e2e::mock_llm::{After, MockLlm, Reply, text_chunk, tool_chunk, usage_chunk};
 use e2e::{ManifestSpec, artifacts};
 use futures::StreamExt;
 use host::error::ErrorKind;
@@ -38,7 +38,7 @@ fn set_key() {
     unsafe { std::env::set_var(KEY_VAR, KEY) };
 }
 
-fn driver_with(mock: &MockOpenAi, extra: Value) -> Driver {
+fn driver_with(mock: &MockLlm, extra: Value) -> Driver {
     let mut config = json!({
         "base_url": mock.base_url(),
         "api_key_env": KEY_VAR,
@@ -52,7 +52,7 @@ fn driver_with(mock: &MockOpenAi, extra: Value) -> Driver {
         .unwrap()
 }
 
-fn driver(mock: &MockOpenAi) -> Driver {
+fn driver(mock: &MockLlm) -> Driver {
     driver_with(mock, json!({}))
 }
 
@@ -66,7 +66,7 @@ async fn collect(d: &Driver, req: &PromptRequest) -> Vec<Result<StreamDelta, hos
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_on_the_sync_async_and_stream_paths_with_the_key_sent_and_never_shown() {
-    let mock = MockOpenAi::start();
+    let mock = MockLlm::start();
     let d = driver_with(
         &mock,
         json!({"temperature": 0.5, "max_tokens": 64, "organization": "org-1", "project": "p-1",
@@ -133,7 +133,7 @@ async fn text_on_the_sync_async_and_stream_paths_with_the_key_sent_and_never_sho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_parallel_calls_tool_choice_and_structured_output_in_the_request_and_response() {
-    let mock = MockOpenAi::start();
+    let mock = MockLlm::start();
     let d = driver_with(
         &mock,
         json!({"tool_choice": "auto", "parallel_tool_calls": true}),
@@ -180,7 +180,7 @@ async fn tools_parallel_calls_tool_choice_and_structured_output_in_the_request_a
     // A refusal comes back as text with its own finish reason.
     mock.push([Reply::Json {
         status: 200,
-        body: e2e::openai_mock::completion(
+        body: e2e::mock_llm::completion(
             json!({"role": "assistant", "content": null, "refusal": "I can't help with that."}),
             "stop",
         ),
@@ -193,7 +193,7 @@ async fn tools_parallel_calls_tool_choice_and_structured_output_in_the_request_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_tool_call_deltas_interleaved_by_index_are_assembled() {
-    let mock = MockOpenAi::start();
+    let mock = MockLlm::start();
     let d = driver(&mock);
     mock.push([Reply::Sse {
         events: vec![
@@ -250,7 +250,7 @@ async fn streamed_tool_call_deltas_interleaved_by_index_are_assembled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_on_5xx_and_429_with_retry_after_but_not_on_other_4xx_or_exhausted_quota() {
-    let mock = MockOpenAi::start();
+    let mock = MockLlm::start();
     let d = driver(&mock);
     mock.push([
         Reply::error(500, "boom", "server_error"),
@@ -326,7 +326,7 @@ async fn retries_on_5xx_and_429_with_retry_after_but_not_on_other_4xx_or_exhaust
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_truncated_streams_and_dropped_connections_are_specific_errors() {
-    let mock = MockOpenAi::start();
+    let mock = MockLlm::start();
     let d = driver(&mock);
     mock.push([Reply::Raw {
         status: 200,
@@ -414,7 +414,7 @@ async fn malformed_json_truncated_streams_and_dropped_connections_are_specific_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_and_idle_timeouts_and_unreachable_servers() {
-    let mock = MockOpenAi::start();
+    let mock = MockLlm::start();
     let d = driver_with(
         &mock,
         json!({"http": {"request_timeout_ms": 300, "stream_idle_timeout_ms": 200, "retry": {"max_retries": 0}}}),
@@ -449,7 +449,7 @@ async fn request_and_idle_timeouts_and_unreachable_servers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_stream_cancels_the_upstream_request() {
-    let mock = MockOpenAi::start();
+    let mock = MockLlm::start();
     let d = driver(&mock);
     let events: Vec<String> = (0..200).map(|i| text_chunk(&format!("t{i} "))).collect();
     mock.push([Reply::Sse {
@@ -473,7 +473,7 @@ async fn dropping_a_stream_cancels_the_upstream_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prompt_task_with_a_tool_round_trip_on_both_paths() {
     for path in ["sync", "async"] {
-        let mock = MockOpenAi::start();
+        let mock = MockLlm::start();
         mock.push([
             Reply::tool_calls(&[(
                 "call_1",

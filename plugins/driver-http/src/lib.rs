@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
-use plugin_api::{ErrorKind, PluginError};
+use plugin_api::wire::StreamDelta;
+use plugin_api::{DeltaStream, ErrorKind, PluginError};
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -227,6 +228,16 @@ fn retry_after(resp: &Response) -> Option<Duration> {
     )
 }
 
+/// `429 Too Many Requests`; statuses without a standard reason get a known vendor name
+/// (`529 Overloaded`) or just the number.
+pub fn status_text(status: StatusCode) -> String {
+    match (status.canonical_reason(), status.as_u16()) {
+        (Some(reason), code) => format!("{code} {reason}"),
+        (None, 529) => "529 Overloaded".to_owned(),
+        (None, code) => code.to_string(),
+    }
+}
+
 fn status_kind(status: StatusCode) -> ErrorKind {
     match status.as_u16() {
         401 | 403 => ErrorKind::Auth,
@@ -257,6 +268,17 @@ fn send_error(e: &reqwest::Error, url: &str) -> PluginError {
     PluginError::upstream(format!("{what} ({url}): {detail}")).retryable()
 }
 
+/// Adds "(no API key was sent: set VAR)" to an auth error when the key variable is unset, so a
+/// 401 says what to do. The key itself never appears.
+pub fn with_key_hint(mut e: PluginError, key_env: &str) -> PluginError {
+    let unset = std::env::var(key_env).map_or(true, |v| v.trim().is_empty());
+    if e.kind == ErrorKind::Auth && unset {
+        e.message
+            .push_str(&format!(" (no API key was sent: set {key_env})"));
+    }
+    e
+}
+
 /// Sends a request with retries: connect errors, timeouts before a response, 429 (unless the
 /// quota is exhausted) and 5xx are retried with back-off, honouring `Retry-After`; anything else
 /// fails at once with the status and a snippet of the upstream's error.
@@ -284,7 +306,8 @@ pub async fn send_with_retry(
                 let mut e = PluginError::new(
                     status_kind(status),
                     format!(
-                        "HTTP {status} from {url}: {}",
+                        "HTTP {} from {url}: {}",
+                        status_text(status),
                         classify.error_message(&body)
                     ),
                 );
@@ -394,4 +417,74 @@ pub fn sse_events(
             }
         }
     })
+}
+
+/// A wire format's stream decoder: turns server-sent events into deltas and knows when the
+/// stream has properly ended.
+pub trait SseDecoder: Send + 'static {
+    /// Handles one event; an error ends the stream with that error.
+    ///
+    /// # Errors
+    /// Malformed events and errors the upstream reports in the stream.
+    fn on_event(&mut self, event: &SseEvent, url: &str) -> Result<Vec<StreamDelta>, PluginError>;
+
+    /// Whether the end-of-stream marker has been seen (no more events are read after it).
+    fn done(&self) -> bool;
+
+    /// The error for a body that ended before the end-of-stream marker (it should say what was
+    /// in progress, e.g. which tool call was cut off).
+    fn truncated(&self, url: &str) -> PluginError;
+}
+
+/// Decodes `events` with `decoder` until its end marker; a body that ends early, a transport
+/// error or a decoding error is the last item.
+pub fn decode_stream<D: SseDecoder>(
+    events: impl Stream<Item = Result<SseEvent, PluginError>> + Send + 'static,
+    url: String,
+    decoder: D,
+) -> impl Stream<Item = Result<StreamDelta, PluginError>> + Send + 'static {
+    let events = Box::pin(events);
+    futures::stream::unfold(Some((events, decoder)), move |state| {
+        let url = url.clone();
+        async move {
+            let (mut events, mut decoder) = state?;
+            loop {
+                if decoder.done() {
+                    return None;
+                }
+                match events.next().await {
+                    None => return Some((vec![Err(decoder.truncated(&url))], None)),
+                    Some(Err(e)) => return Some((vec![Err(e)], None)),
+                    Some(Ok(ev)) => match decoder.on_event(&ev, &url) {
+                        Err(e) => return Some((vec![Err(e)], None)),
+                        Ok(deltas) if deltas.is_empty() => continue,
+                        Ok(deltas) => {
+                            return Some((
+                                deltas.into_iter().map(Ok).collect(),
+                                Some((events, decoder)),
+                            ));
+                        }
+                    },
+                }
+            }
+        }
+    })
+    .flat_map(futures::stream::iter)
+}
+
+/// A stream whose request is sent lazily, on the first poll (so `stream()` returns at once and
+/// the caller's runtime drives the I/O): `open` sends the request and returns the delta stream;
+/// its error becomes the stream's only item.
+pub fn lazy_stream<F, S>(open: F) -> DeltaStream
+where
+    F: std::future::Future<Output = Result<S, PluginError>> + Send + 'static,
+    S: Stream<Item = Result<StreamDelta, PluginError>> + Send + 'static,
+{
+    futures::stream::once(open)
+        .map(|r| match r {
+            Ok(s) => s.boxed(),
+            Err(e) => futures::stream::once(async { Err(e) }).boxed(),
+        })
+        .flatten()
+        .boxed()
 }

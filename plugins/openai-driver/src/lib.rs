@@ -31,7 +31,6 @@ mod wire;
 use std::time::Duration;
 
 use driver_http::{DefaultClassify, HttpConfig, send_with_retry};
-use futures::StreamExt;
 use plugin_api::prelude::*;
 use reqwest::RequestBuilder;
 use serde::Deserialize;
@@ -115,15 +114,7 @@ impl OpenAiDriver {
             &DefaultClassify,
         )
         .await
-        .map_err(|mut e| {
-            if e.kind == ErrorKind::Auth && std::env::var(&self.config.api_key_env).is_err() {
-                e.message.push_str(&format!(
-                    " (no API key was sent: set {})",
-                    self.config.api_key_env
-                ));
-            }
-            e
-        })
+        .map_err(|e| driver_http::with_key_hint(e, &self.config.api_key_env))
     }
 }
 
@@ -171,20 +162,14 @@ impl PromptDriver for OpenAiDriver {
             url: self.url.clone(),
             client: self.client.clone(),
         };
-        let opened = async move {
+        Ok(driver_http::lazy_stream(async move {
             let resp = this.send(&body).await?;
-            Ok::<_, PluginError>(wire::delta_stream(
+            Ok(driver_http::decode_stream(
                 driver_http::sse_events(resp, &this.url, idle),
                 this.url.clone(),
+                wire::StreamState::default(),
             ))
-        };
-        Ok(futures::stream::once(opened)
-            .map(|r| match r {
-                Ok(s) => s.boxed(),
-                Err(e) => futures::stream::once(async { Err(e) }).boxed(),
-            })
-            .flatten()
-            .boxed())
+        }))
     }
 }
 

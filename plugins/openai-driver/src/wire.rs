@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use futures::{Stream, StreamExt};
 use plugin_api::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -237,14 +236,19 @@ struct ChunkFunction {
 
 /// Tracks a stream so that its end can be judged: `[DONE]` seen, tool calls still open.
 #[derive(Default)]
-struct StreamState {
+pub struct StreamState {
     done: bool,
     finished: bool,
     tool_names: BTreeMap<u32, String>,
 }
 
-impl StreamState {
-    fn on_data(&mut self, data: &str, url: &str) -> Result<Vec<StreamDelta>, PluginError> {
+impl driver_http::SseDecoder for StreamState {
+    fn on_event(
+        &mut self,
+        event: &driver_http::SseEvent,
+        url: &str,
+    ) -> Result<Vec<StreamDelta>, PluginError> {
+        let data = event.data.as_str();
         if data.trim() == "[DONE]" {
             self.done = true;
             return Ok(Vec::new());
@@ -301,7 +305,10 @@ impl StreamState {
         Ok(out)
     }
 
-    /// The error for a stream whose body ended before `[DONE]`.
+    fn done(&self) -> bool {
+        self.done
+    }
+
     fn truncated(&self, url: &str) -> PluginError {
         let mut e = match (self.finished, self.tool_names.iter().next_back()) {
             (false, Some((i, name))) => PluginError::upstream(format!(
@@ -312,38 +319,4 @@ impl StreamState {
         e.retryable = false;
         e
     }
-}
-
-/// Turns the SSE events of a streamed completion into deltas, failing on a truncated stream.
-pub fn delta_stream(
-    events: impl Stream<Item = Result<driver_http::SseEvent, PluginError>> + Send + 'static,
-    url: String,
-) -> impl Stream<Item = Result<StreamDelta, PluginError>> + Send + 'static {
-    let events = Box::pin(events);
-    futures::stream::unfold(Some((events, StreamState::default())), move |state| {
-        let url = url.clone();
-        async move {
-            let (mut events, mut st) = state?;
-            loop {
-                if st.done {
-                    return None;
-                }
-                match events.next().await {
-                    None => return Some((vec![Err(st.truncated(&url))], None)),
-                    Some(Err(e)) => return Some((vec![Err(e)], None)),
-                    Some(Ok(ev)) => match st.on_data(&ev.data, &url) {
-                        Err(e) => return Some((vec![Err(e)], None)),
-                        Ok(deltas) if deltas.is_empty() => continue,
-                        Ok(deltas) => {
-                            return Some((
-                                deltas.into_iter().map(Ok).collect(),
-                                Some((events, st)),
-                            ));
-                        }
-                    },
-                }
-            }
-        }
-    })
-    .flat_map(futures::stream::iter)
 }

@@ -4,7 +4,7 @@
 //! Run with `cargo run -p e2e --bin mock-openai [latency_ms]`.
 
 fn main() {
-    let server = e2e::openai_mock::MockOpenAi::start();
+    let server = e2e::mock_llm::MockLlm::start();
     if let Some(ms) = std::env::args().nth(1).and_then(|a| a.parse().ok()) {
         server.set_default_latency(ms);
     }

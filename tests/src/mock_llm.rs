@@ -1,10 +1,13 @@
-//! A real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions wire format, SSE
-//! included, with scripted replies and fault modes. It records every request it receives.
+//! A real HTTP server on 127.0.0.1 speaking an LLM wire format (OpenAI chat completions or
+//! Anthropic Messages), SSE included, with scripted replies and the same fault modes for both.
+//! It records every request it receives.
 //!
 //! With no scripted reply queued it answers like a model would: "echo: <last user message>",
-//! as JSON or, when the request asks for a stream, as SSE chunks with usage and `[DONE]`. A user
-//! message `calc: <expression>` gets a `Calculator_calculate` tool call first, then "the result
-//! is <tool result>" (for load tests of the tool round trip).
+//! as JSON or, when the request asks for a stream, as SSE events in the format's own sequence. A
+//! user message `calc: <expression>` gets a `Calculator_calculate` tool call first, then "the
+//! result is <tool result>" (for load tests of the tool round trip).
+
+pub mod anthropic;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -51,9 +54,10 @@ pub enum Reply {
         /// Body.
         body: String,
     },
-    /// An SSE stream: each string is one event's `data`, sent `delay_ms` apart.
+    /// An SSE stream: each string is one event, sent `delay_ms` apart: either its `data` alone,
+    /// or a whole frame starting with `event:`.
     Sse {
-        /// Event data, in order (include `"[DONE]"` to end properly).
+        /// Events, in order (include the format's end marker to end properly).
         events: Vec<String>,
         /// Delay before each event.
         delay_ms: u64,
@@ -168,8 +172,19 @@ pub struct Recorded {
     pub body: Value,
 }
 
+/// The wire format a mock server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wire {
+    /// OpenAI chat completions, on `/v1/chat/completions`.
+    #[default]
+    OpenAi,
+    /// Anthropic Messages, on `/v1/messages`.
+    Anthropic,
+}
+
 #[derive(Default)]
 struct MockState {
+    wire: Wire,
     replies: Mutex<VecDeque<Reply>>,
     requests: Mutex<Vec<Recorded>>,
     /// Response bodies dropped before they were fully sent (the client went away).
@@ -182,17 +197,15 @@ struct MockState {
 
 /// The mock server. It runs until the process ends.
 #[derive(Clone)]
-pub struct MockOpenAi {
+pub struct MockLlm {
     /// Its address.
     pub addr: SocketAddr,
     state: Arc<MockState>,
 }
 
-impl std::fmt::Debug for MockOpenAi {
+impl std::fmt::Debug for MockLlm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockOpenAi")
-            .field("addr", &self.addr)
-            .finish()
+        f.debug_struct("MockLlm").field("addr", &self.addr).finish()
     }
 }
 
@@ -220,11 +233,24 @@ impl Drop for InFlight {
     }
 }
 
-impl MockOpenAi {
-    /// Starts a server on 127.0.0.1 with a port of its own, on its own thread and runtime (so it
-    /// outlives any test's runtime).
+impl MockLlm {
+    /// Starts an OpenAI-speaking server (see [`MockLlm::start_with`]).
     pub fn start() -> Self {
-        let state = Arc::new(MockState::default());
+        Self::start_with(Wire::OpenAi)
+    }
+
+    /// Starts an Anthropic-speaking server (see [`MockLlm::start_with`]).
+    pub fn start_anthropic() -> Self {
+        Self::start_with(Wire::Anthropic)
+    }
+
+    /// Starts a server speaking `wire` on 127.0.0.1 with a port of its own, on its own thread
+    /// and runtime (so it outlives any test's runtime).
+    pub fn start_with(wire: Wire) -> Self {
+        let state = Arc::new(MockState {
+            wire,
+            ..MockState::default()
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         let st = Arc::clone(&state);
         std::thread::spawn(move || {
@@ -234,9 +260,11 @@ impl MockOpenAi {
                 .build()
                 .expect("mock runtime");
             rt.block_on(async move {
-                let app = Router::new()
-                    .route("/v1/chat/completions", post(handle))
-                    .with_state(st);
+                let path = match wire {
+                    Wire::OpenAi => "/v1/chat/completions",
+                    Wire::Anthropic => "/v1/messages",
+                };
+                let app = Router::new().route(path, post(handle)).with_state(st);
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("bind");
@@ -249,9 +277,13 @@ impl MockOpenAi {
         Self { addr, state }
     }
 
-    /// The base URL to configure a driver with (`http://127.0.0.1:PORT/v1`).
+    /// The base URL to configure a driver with: `http://127.0.0.1:PORT/v1` for OpenAI,
+    /// `http://127.0.0.1:PORT` for Anthropic (its driver appends `/v1/messages`).
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        match self.state.wire {
+            Wire::OpenAi => format!("http://{}/v1", self.addr),
+            Wire::Anthropic => format!("http://{}", self.addr),
+        }
     }
 
     /// Queues replies, used in order by the next requests.
@@ -289,6 +321,35 @@ fn last_user(body: &Value) -> String {
         .to_owned()
 }
 
+/// What the OpenAI server answers when nothing is scripted.
+fn openai_default(json: &Value) -> Reply {
+    let user = last_user(json);
+    let answered = json["messages"]
+        .as_array()
+        .is_some_and(|ms| ms.iter().any(|m| m["role"] == "tool"));
+    // `calc: <expression>` asks for one Calculator round trip, for load tests.
+    if let (Some(expr), false) = (user.strip_prefix("calc: "), answered) {
+        let args = json!({"expression": expr}).to_string();
+        return Reply::tool_calls(&[("call_calc", "Calculator_calculate", args.as_str())]);
+    }
+    let text = match json["messages"].as_array().and_then(|ms| ms.last()) {
+        Some(m) if m["role"] == "tool" => {
+            format!("the result is {}", m["content"].as_str().unwrap_or(""))
+        }
+        _ => format!("echo: {user}"),
+    };
+    if json["stream"] == true {
+        Reply::sse_text(&words(&text))
+    } else {
+        Reply::text(&text)
+    }
+}
+
+/// `text` in word-sized pieces (each keeps its trailing space).
+pub fn words(text: &str) -> Vec<&str> {
+    text.split_inclusive(' ').collect()
+}
+
 async fn handle(State(state): State<Arc<MockState>>, headers: HeaderMap, body: String) -> Response {
     let mut guard = InFlight::new(&state);
     let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
@@ -304,29 +365,9 @@ async fn handle(State(state): State<Arc<MockState>>, headers: HeaderMap, body: S
             if latency > 0 {
                 tokio::time::sleep(Duration::from_millis(latency)).await;
             }
-            let user = last_user(&json);
-            let answered = json["messages"]
-                .as_array()
-                .is_some_and(|ms| ms.iter().any(|m| m["role"] == "tool"));
-            // `calc: <expression>` asks for one Calculator round trip, for load tests.
-            if let (Some(expr), false) = (user.strip_prefix("calc: "), answered) {
-                let args = json!({"expression": expr}).to_string();
-                Reply::tool_calls(&[("call_calc", "Calculator_calculate", args.as_str())])
-            } else {
-                let text = match json["messages"].as_array().and_then(|ms| ms.last()) {
-                    Some(m) if m["role"] == "tool" => {
-                        format!("the result is {}", m["content"].as_str().unwrap_or(""))
-                    }
-                    _ => format!("echo: {user}"),
-                };
-                if json["stream"] == true {
-                    let pieces: Vec<String> =
-                        text.split_inclusive(' ').map(str::to_owned).collect();
-                    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-                    Reply::sse_text(&refs)
-                } else {
-                    Reply::text(&text)
-                }
+            match state.wire {
+                Wire::OpenAi => openai_default(&json),
+                Wire::Anthropic => anthropic::default_reply(&json),
             }
         }
     };
@@ -370,10 +411,13 @@ async fn handle(State(state): State<Arc<MockState>>, headers: HeaderMap, body: S
                             if delay_ms > 0 {
                                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                             }
+                            let frame = if data.starts_with("event:") {
+                                format!("{data}\n\n")
+                            } else {
+                                format!("data: {data}\n\n")
+                            };
                             Some((
-                                Ok::<_, std::io::Error>(bytes::Bytes::from(format!(
-                                    "data: {data}\n\n"
-                                ))),
+                                Ok::<_, std::io::Error>(bytes::Bytes::from(frame)),
                                 (it, guard),
                             ))
                         }
