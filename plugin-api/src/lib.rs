@@ -52,6 +52,8 @@
 
 pub mod abi;
 pub mod sdk;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 
 pub use abi_stable;

@@ -2,7 +2,7 @@
 //! process), find them by path, and write manifests for them.
 //!
 //! The plugins are built into the same target directory and profile as the tests themselves,
-//! so their dependencies are compiled once. The `abort-plugin` fixture is built with
+//! with the same feature resolution, so their dependencies are compiled once. The `abort-plugin` fixture is built with
 //! `cargo rustc -- -C panic=abort` and copied aside, so no other build can overwrite it.
 
 use std::path::{Path, PathBuf};
@@ -12,31 +12,6 @@ use std::sync::OnceLock;
 use host::{LoaderOptions, Registry};
 
 pub mod mock_llm;
-
-/// Cdylib packages built for the tests (first-party plugins and fixtures).
-const PACKAGES: &[&str] = &[
-    "scripted-driver",
-    "text-tools",
-    "panicky",
-    "raw-plugin",
-    "incompatible-abi",
-    "generation-two",
-    "bench-plugin",
-    "mock-sync-driver",
-    "mock-async-driver",
-    "slow-tool",
-    "slow-sync-tool",
-    "jsonl-listener",
-    "calculator",
-    "datetime",
-    "file-manager",
-    "webhook-listener",
-    "console-listener",
-    "llama-driver",
-    "openai-driver",
-    "anthropic-driver",
-    "e2e",
-];
 
 /// Where the built artifacts are.
 #[derive(Debug)]
@@ -112,15 +87,15 @@ pub fn artifacts() -> &'static Artifacts {
             .to_owned();
         let release = lib_dir.file_name().is_some_and(|n| n == "release");
 
+        // The same package and target selection as `cargo test --workspace` (`--tests` turns
+        // on dev-dependency features the same way), so every dependency it compiled is reused
+        // as is, llama.cpp included; only the plugins' cdylibs and the binaries are linked.
         let mut build = cargo();
         build
             .arg("build")
             .arg("--target-dir")
             .arg(&target_dir)
-            .args(["-p", "host"]);
-        for p in PACKAGES {
-            build.args(["-p", p]);
-        }
+            .args(["--workspace", "--lib", "--bins", "--tests"]);
         if release {
             build.arg("--release");
         }

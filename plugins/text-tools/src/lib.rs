@@ -63,3 +63,29 @@ plugin_api::export_plugin! {
     description: "Word count, reverse and upper-case",
     tool: TextTools,
 }
+
+#[cfg(test)]
+mod tests {
+    use plugin_api::serde_json::json;
+    use plugin_api::testing;
+
+    use super::TextTools;
+
+    #[test]
+    fn every_activity_on_both_entry_points() {
+        let tool = testing::tool::<TextTools>(json!(null)).unwrap();
+        let spec = tool.spec().unwrap();
+        assert_eq!(spec.activities.len(), 3);
+        let out = tool.call("word_count", json!({"text": "a b c"})).unwrap();
+        assert_eq!((out.content.as_str(), out.is_error), ("3", false));
+        let out = testing::block_on(tool.call_async("reverse", json!({"text": "abc"}))).unwrap();
+        assert_eq!(out.content, "cba");
+        let out = tool.call("uppercase", json!({"text": 5})).unwrap();
+        assert!(
+            out.is_error,
+            "a bad input is a result for the model, not a failure"
+        );
+        let out = tool.call("nope", json!({"text": "x"})).unwrap();
+        assert!(out.content.contains("unknown activity"));
+    }
+}
