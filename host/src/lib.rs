@@ -13,6 +13,7 @@
 //!
 //! The `grip` binary is a thin CLI over this library.
 
+pub mod check;
 pub mod daemon;
 pub mod error;
 pub mod events;
@@ -21,6 +22,7 @@ pub mod manifest;
 pub mod models;
 pub mod plugin;
 pub mod registry;
+pub mod scaffold;
 pub mod task;
 
 pub use error::{CallError, LoadError};

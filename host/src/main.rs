@@ -83,18 +83,61 @@ enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Load one manifest and its library; exit 1 with the reason if it is refused.
+    /// Load one manifest and its library, then call each declared capability once (exit 1 if
+    /// it is refused or an entry point is broken: a panic, malformed JSON, a declared mode it
+    /// does not support, no answer in time).
     Check {
         /// The manifest file.
         manifest: PathBuf,
         #[command(flatten)]
         load: LoadArgs,
+        /// Only load: call nothing.
+        #[arg(long)]
+        load_only: bool,
+        /// Ordinary errors (no server, no key, made-up tool input rejected) fail too.
+        #[arg(long)]
+        strict: bool,
+        /// Config overrides, as a JSON object (inline, or @file).
+        #[arg(long)]
+        config: Option<String>,
+        /// The tool activity to call (default: the first).
+        #[arg(long)]
+        activity: Option<String>,
+        /// The tool input, as JSON (default: a minimal value made from the activity's schema).
+        #[arg(long)]
+        input: Option<String>,
+        /// Seconds allowed per call.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+    /// Write a new plugin crate (Cargo.toml, src/lib.rs with tests, manifest, README) to start
+    /// from, outside this repository.
+    New {
+        /// The plugin's name: crate name and plugin id (`my-tool`).
+        name: String,
+        /// What the plugin provides.
+        #[arg(long, value_enum, default_value_t = NewKind::Tool)]
+        kind: NewKind,
+        /// Where to write it (default: ./<name>); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Where the crate gets plugin-api: a path to a checkout's `plugin-api` directory, or
+        /// a version requirement (default: the source tree this grip was built from).
+        #[arg(long)]
+        plugin_api: Option<String>,
     },
     /// Print the sha256 of a library, to pin in its manifest's `library.sha256`.
     Hash {
         /// The library file.
         library: PathBuf,
     },
+}
+
+#[derive(Copy, Clone, ValueEnum)]
+enum NewKind {
+    Tool,
+    Driver,
+    Listener,
 }
 
 #[derive(Args)]
@@ -218,26 +261,107 @@ fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        PluginsCommand::Check { manifest, load } => {
+        PluginsCommand::Check {
+            manifest,
+            load,
+            load_only,
+            strict,
+            config,
+            activity,
+            input,
+            timeout,
+        } => {
             let mut registry = Registry::new();
-            match registry.add_manifest(&manifest, &load.options()) {
-                Ok(id) => {
-                    let p = registry
-                        .get(&id)
-                        .context("plugin vanished from the registry")?;
-                    println!(
-                        "ok: plugin `{id}` {} ({}) from {}",
-                        p.info().version,
-                        host::manifest::describe_capabilities(p.capabilities()),
-                        p.library().display()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
+            let id = match registry.add_manifest(&manifest, &load.options()) {
+                Ok(id) => id,
                 Err(e) => {
                     println!("refused: {e}");
-                    Ok(ExitCode::FAILURE)
+                    return Ok(ExitCode::FAILURE);
                 }
+            };
+            let p = registry
+                .get(&id)
+                .context("plugin vanished from the registry")?;
+            println!(
+                "ok: plugin `{id}` {} ({}) from {}",
+                p.info().version,
+                host::manifest::describe_capabilities(p.capabilities()),
+                p.library().display()
+            );
+            if load_only {
+                return Ok(ExitCode::SUCCESS);
             }
+            if !(timeout.is_finite() && timeout > 0.0) {
+                anyhow::bail!("--timeout must be a positive number of seconds");
+            }
+            let options = host::check::CheckOptions {
+                config: config.map(|c| json_arg("--config", &c)).transpose()?,
+                activity,
+                input: input.map(|i| json_arg("--input", &i)).transpose()?,
+                timeout: std::time::Duration::from_secs_f64(timeout),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let lines = rt.block_on(host::check::exercise(p, &options));
+            let mut failed = false;
+            for line in &lines {
+                let (tag, text) = match &line.outcome {
+                    host::check::Outcome::Ok(t) => ("ok", t),
+                    host::check::Outcome::Warn(t) => {
+                        failed |= strict;
+                        ("warn", t)
+                    }
+                    host::check::Outcome::Fail(t) => {
+                        failed = true;
+                        ("FAIL", t)
+                    }
+                };
+                println!(
+                    "  {tag:<4} {} ({} ms): {text}",
+                    line.what,
+                    line.elapsed.as_millis()
+                );
+            }
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        PluginsCommand::New {
+            name,
+            kind,
+            dir,
+            plugin_api,
+        } => {
+            let kind = match kind {
+                NewKind::Tool => host::scaffold::TemplateKind::Tool,
+                NewKind::Driver => host::scaffold::TemplateKind::Driver,
+                NewKind::Listener => host::scaffold::TemplateKind::Listener,
+            };
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let source = match plugin_api {
+                Some(arg) => host::scaffold::PluginApiSource::parse(&arg),
+                None => host::scaffold::PluginApiSource::default_for_this_host(),
+            };
+            let files = host::scaffold::write_plugin(&name, kind, &dir, &source)
+                .map_err(anyhow::Error::msg)?;
+            for f in &files {
+                println!("wrote {}", f.display());
+            }
+            if let host::scaffold::PluginApiSource::Version(v) = &source {
+                println!(
+                    "note: plugin-api is taken from the registry as version {v:?}; pass --plugin-api <path to plugin-api> to use a checkout"
+                );
+            }
+            println!(
+                "next: cd {} && cargo test && cargo build --release && grip plugins check {name}.toml --lib-dir target/release",
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         PluginsCommand::Hash { library } => {
             let hash = host::loader::sha256_file(&library)

@@ -186,7 +186,7 @@ pub fn plugin_info(
         description: description.into(),
         abi_generation: ABI_GENERATION_V1,
         wire_version: WIRE_VERSION,
-        sdk_version: env!("CARGO_PKG_VERSION").into(),
+        sdk_version: super::SDK_VERSION.into(),
         panic_strategy: if unwind {
             PanicStrategy::UNWIND
         } else {

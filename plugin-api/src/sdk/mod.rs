@@ -41,6 +41,9 @@ use crate::wire::{
 
 pub use runtime::{block_on, spawn_blocking};
 
+/// The version of this crate (plugin-api), as reported by each plugin built with it.
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The kind of a [`PluginError`]; the host matches on it (e.g. to decide on retries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
