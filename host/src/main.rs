@@ -358,7 +358,7 @@ fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             println!(
-                "next: cd {} && cargo test && cargo build --release && grip plugins check {name}.toml --lib-dir target/release",
+                "next: cd {} && cargo test && cargo build --release && grip plugins check manifests/{name}.toml --lib-dir target/release",
                 dir.display()
             );
             Ok(ExitCode::SUCCESS)

@@ -130,7 +130,7 @@ pub fn write_plugin(
             "",
             "",
             format!(
-                "grip run --manifests <grip>/manifests --manifests . --lib-dir target/release \\\n  --driver scripted --tool {name} --config \\\n  '{{\"script\":[{{\"tool_calls\":[{{\"name\":\"{ty}_greet\",\"arguments\":{{\"name\":\"Ada\"}}}}]}},{{\"text\":\"done\"}}]}}' \"greet Ada\""
+                "grip run --manifests <grip>/manifests --manifests manifests --lib-dir target/release \\\n  --driver scripted --tool {name} --config \\\n  '{{\"script\":[{{\"tool_calls\":[{{\"name\":\"{ty}_greet\",\"arguments\":{{\"name\":\"Ada\"}}}}]}},{{\"text\":\"done\"}}]}}' \"greet Ada\""
             ),
         ),
         TemplateKind::Driver => (
@@ -141,7 +141,7 @@ pub fn write_plugin(
             "reply_prefix = \"You said: \"",
             "serde = { version = \"1\", features = [\"derive\"] }\n",
             format!(
-                "grip run --manifests <grip>/manifests --manifests . --lib-dir target/release --driver {name} \"Hello\""
+                "grip run --manifests <grip>/manifests --manifests manifests --lib-dir target/release --driver {name} \"Hello\""
             ),
         ),
         TemplateKind::Listener => (
@@ -152,7 +152,7 @@ pub fn write_plugin(
             "prefix = \"[NAME]\"",
             "serde = { version = \"1\", features = [\"derive\"] }\n",
             format!(
-                "grip run --manifests <grip>/manifests --manifests . --lib-dir target/release --driver scripted --listener {name} \"Hello\""
+                "grip run --manifests <grip>/manifests --manifests manifests --lib-dir target/release --driver scripted --listener {name} \"Hello\""
             ),
         ),
     };
@@ -180,8 +180,9 @@ pub fn write_plugin(
             fill(include_str!("../templates/Cargo.toml.tmpl")),
         ),
         ("src/lib.rs".to_owned(), fill(source)),
+        // In a directory of its own: the host reads every `.toml` of a manifest directory.
         (
-            format!("{name}.toml"),
+            format!("manifests/{name}.toml"),
             fill(include_str!("../templates/manifest.toml.tmpl")),
         ),
         (
