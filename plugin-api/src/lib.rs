@@ -112,7 +112,24 @@ impl wire::ToolSpec {
 ///
 /// Name the plugin's id and the types implementing each kind it provides (at least one):
 ///
-/// ```ignore
+/// ```
+/// # use plugin_api::prelude::*;
+/// # struct MyDriver;
+/// # impl PromptDriver for MyDriver {
+/// #     type Config = NoConfig;
+/// #     fn new(_: NoConfig) -> Result<Self, PluginError> { Ok(MyDriver) }
+/// # }
+/// # struct MyTool;
+/// # impl Tool for MyTool {
+/// #     type Config = NoConfig;
+/// #     fn new(_: NoConfig) -> Result<Self, PluginError> { Ok(MyTool) }
+/// #     fn spec(&self) -> ToolSpec { ToolSpec::new("MyTool", "") }
+/// # }
+/// # struct MyListener;
+/// # impl EventListenerDriver for MyListener {
+/// #     type Config = NoConfig;
+/// #     fn new(_: NoConfig) -> Result<Self, PluginError> { Ok(MyListener) }
+/// # }
 /// plugin_api::export_plugin! {
 ///     id: "my-plugin",
 ///     description: "What it does",   // optional
@@ -120,6 +137,7 @@ impl wire::ToolSpec {
 ///     tool: MyTool,                  // optional, implements Tool
 ///     listener: MyListener,          // optional, implements EventListenerDriver
 /// }
+/// # fn main() {}
 /// ```
 ///
 /// The plugin's version is its crate version. Use the macro once per `cdylib`.

@@ -233,7 +233,60 @@ pub type DeltaStream = BoxStream<'static, Result<StreamDelta, PluginError>>;
 
 /// A prompt driver: turns a prompt stack into an assistant message.
 ///
-/// Required: [`PromptDriver::new`] and the methods of every mode you declare.
+/// Required: [`PromptDriver::new`] and the methods of every mode you declare. The host calls
+/// `prompt` from `run()`, `prompt_async` from `async_run()`, and `stream` when the task
+/// streams (on either path); it never calls a mode whose constant is `false`.
+///
+/// An async driver that streams, with a typed config:
+///
+/// ```
+/// use plugin_api::futures::StreamExt;
+/// use plugin_api::prelude::*;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Config {
+///     #[serde(default)]
+///     words: Vec<String>,
+/// }
+///
+/// struct Words(Vec<String>);
+///
+/// impl PromptDriver for Words {
+///     type Config = Config;
+///     const ASYNC: bool = true;
+///     const STREAM: bool = true;
+///
+///     fn new(config: Config) -> Result<Self, PluginError> {
+///         if config.words.is_empty() {
+///             return Err(PluginError::config("`words` must not be empty"));
+///         }
+///         Ok(Words(config.words))
+///     }
+///
+///     async fn prompt_async(&self, _: PromptRequest) -> Result<PromptResponse, PluginError> {
+///         // Runs in the plugin's own tokio runtime: timers and sockets work.
+///         plugin_api::tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+///         Ok(PromptResponse::text(self.0.join(" "), Usage::default()))
+///     }
+///
+///     fn stream(&self, _: PromptRequest) -> Result<DeltaStream, PluginError> {
+///         let deltas: Vec<Result<StreamDelta, PluginError>> = self
+///             .0
+///             .iter()
+///             .map(|w| Ok(StreamDelta::Text { text: format!("{w} ") }))
+///             .chain([Ok(StreamDelta::Finish { reason: "stop".into() })])
+///             .collect();
+///         Ok(plugin_api::futures::stream::iter(deltas).boxed())
+///     }
+/// }
+///
+/// let driver = Words::new(Config { words: vec!["a".into(), "b".into()] }).unwrap();
+/// let request = PromptRequest::new(vec![Message::user("hi")]);
+/// let answer = plugin_api::block_on(driver.prompt_async(request.clone())).unwrap();
+/// assert_eq!(answer.message.content, "a b");
+/// let deltas: Vec<_> = plugin_api::futures::executor::block_on_stream(driver.stream(request).unwrap()).collect();
+/// assert_eq!(deltas.len(), 3);
+/// ```
 pub trait PromptDriver: Sized + Send + Sync + 'static {
     /// Typed configuration, deserialised from the manifest's `[config]` table merged with the
     /// task's overrides. Use [`NoConfig`] for none.
@@ -320,6 +373,38 @@ pub trait Tool: Sized + Send + Sync + 'static {
 }
 
 /// An event listener driver: receives batches of events (to a file, a webhook, a console ...).
+///
+/// The host batches events per listener (the manifest or the task sets the batch size), calls
+/// `publish` on the sync path and `publish_async` on the async one, and `flush` at the end of
+/// each task. An error or a panic here is logged and counted by the host; it never fails the
+/// task.
+///
+/// ```
+/// use std::sync::Mutex;
+/// use plugin_api::prelude::*;
+///
+/// struct Collect(Mutex<Vec<String>>);
+///
+/// impl EventListenerDriver for Collect {
+///     type Config = NoConfig;
+///     const SYNC: bool = true;
+///
+///     fn new(_: NoConfig) -> Result<Self, PluginError> {
+///         Ok(Collect(Mutex::new(Vec::new())))
+///     }
+///
+///     fn publish(&self, events: Vec<Event>) -> Result<(), PluginError> {
+///         let mut seen = self.0.lock().map_err(|_| PluginError::internal("poisoned"))?;
+///         seen.extend(events.iter().map(|e| e.kind.type_name().to_owned()));
+///         Ok(())
+///     }
+/// }
+///
+/// let l = Collect::new(NoConfig {}).unwrap();
+/// let e = Event::new("task", "run", EventKind::TextChunk { token: "hi".into() });
+/// l.publish(vec![e]).unwrap();
+/// assert_eq!(*l.0.lock().unwrap(), ["TextChunkEvent"]);
+/// ```
 pub trait EventListenerDriver: Sized + Send + Sync + 'static {
     /// Typed configuration; use [`NoConfig`] for none.
     type Config: DeserializeOwned;
