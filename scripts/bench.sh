@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench -p e2e --bench boundary      # plugin boundary, wire JSON, fan-out (criterion)
 cargo bench -p e2e --bench task          # PromptTask and apublish_event (criterion)
-cargo bench -p e2e --bench openai_load   # OpenAI plugin vs raw reqwest
+cargo bench -p e2e --bench driver_load   # OpenAI and Anthropic plugins vs raw reqwest
 cargo bench -p e2e --bench e2e_load      # every mode vs bare requests, scale sweep to 10,000 tasks
 cargo bench -p e2e --bench daemon_load   # daemon added latency at 1/64/512, RSS at 10,000 tasks
 cargo bench -p e2e --bench local_model   # llama.cpp driver: load, tokens/s, RSS, first token

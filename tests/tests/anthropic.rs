@@ -10,89 +10,35 @@ use e2e::mock_llm::anthropic::{
     sse_text, stream_error, text, text_delta, text_start, tool_start, tool_uses,
 };
 use e2e::mock_llm::{After, MockLlm, Reply, anthropic};
-use e2e::{ManifestSpec, artifacts};
+use e2e::remote::{RemoteDriver, collect, last_error, request, streamed_text};
 use futures::StreamExt;
 use host::error::ErrorKind;
-use host::{Driver, EventBus, PromptTask, Registry};
+use host::{Driver, EventBus, PromptTask};
 use plugin_api::wire::{FunctionSpec, Message, PromptRequest, StreamDelta, ToolCall};
 use serde_json::{Value, json};
 
 const KEY_VAR: &str = "E2E_ANTHROPIC_TEST_KEY";
 const KEY: &str = "sk-ant-test-very-secret-key-456";
 
-fn registry() -> &'static Registry {
-    static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| {
-        set_key();
-        let dir = tempfile::tempdir().unwrap().keep();
-        ManifestSpec::named("anthropic", "anthropic_driver")
-            .kind("prompt_driver", &["sync", "async", "stream"])
-            .extra("[config]\nmodel = \"test-model\"\n")
-            .write(&dir, "anthropic.toml");
-        ManifestSpec::named("text-tools", "text_tools")
-            .kind("tool", &["sync", "async"])
-            .write(&dir, "tt.toml");
-        let r = Registry::load_dirs(&[dir], &artifacts().options());
-        assert!(r.refused().is_empty(), "{:?}", r.refused());
-        r
-    })
-}
-
-#[allow(unsafe_code)]
-fn set_key() {
-    // SAFETY: called once, before any test thread reads the environment through the plugin.
-    unsafe { std::env::set_var(KEY_VAR, KEY) };
+fn remote() -> &'static RemoteDriver {
+    static R: OnceLock<RemoteDriver> = OnceLock::new();
+    R.get_or_init(|| RemoteDriver::load("anthropic", "anthropic_driver", KEY_VAR, KEY))
 }
 
 fn try_driver(config: Value) -> Result<Driver, host::CallError> {
-    registry()
-        .get("anthropic")
-        .unwrap()
-        .new_driver(Some(&config))
+    remote().try_driver(&config)
 }
 
 fn driver_with(mock: &MockLlm, extra: Value) -> Driver {
-    let mut config = json!({
-        "base_url": mock.base_url(),
-        "api_key_env": KEY_VAR,
-        "http": {"retry": {"max_retries": 2, "initial_backoff_ms": 5, "max_backoff_ms": 3000}}
-    });
-    host::plugin::merge_config(&mut config, &extra);
-    try_driver(config).unwrap()
+    remote().driver_with(mock, extra)
 }
 
 fn driver(mock: &MockLlm) -> Driver {
     driver_with(mock, json!({}))
 }
 
-fn request(text: &str) -> PromptRequest {
-    PromptRequest::new(vec![Message::system("be nice"), Message::user(text)])
-}
-
 fn text_tools() -> host::ToolHandle {
-    registry()
-        .get("text-tools")
-        .unwrap()
-        .new_tool(None)
-        .unwrap()
-}
-
-async fn collect(d: &Driver, req: &PromptRequest) -> Vec<Result<StreamDelta, host::CallError>> {
-    d.stream(req).unwrap().collect().await
-}
-
-fn streamed_text(items: &[Result<StreamDelta, host::CallError>]) -> String {
-    items
-        .iter()
-        .filter_map(|d| match d {
-            Ok(StreamDelta::Text { text }) => Some(text.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn last_error(items: &[Result<StreamDelta, host::CallError>]) -> &host::CallError {
-    items.last().unwrap().as_ref().unwrap_err()
+    remote().text_tools()
 }
 
 fn sse(events: Vec<String>, after: After) -> Reply {

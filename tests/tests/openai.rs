@@ -4,64 +4,31 @@
 use std::sync::OnceLock;
 
 use e2e::mock_llm::{After, MockLlm, Reply, text_chunk, tool_chunk, usage_chunk};
-use e2e::{ManifestSpec, artifacts};
+use e2e::remote::{RemoteDriver, collect, request};
 use futures::StreamExt;
 use host::error::ErrorKind;
-use host::{Driver, EventBus, PromptTask, Registry};
-use plugin_api::wire::{FunctionSpec, Message, PromptRequest, Role, StreamDelta};
+use host::{Driver, EventBus, PromptTask};
+use plugin_api::wire::{FunctionSpec, Role, StreamDelta};
 use serde_json::{Value, json};
 
 const KEY_VAR: &str = "E2E_OPENAI_TEST_KEY";
 const KEY: &str = "sk-test-very-secret-key-123";
 
-fn registry() -> &'static Registry {
-    static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| {
-        set_key();
-        let dir = tempfile::tempdir().unwrap().keep();
-        ManifestSpec::named("openai", "openai_driver")
-            .kind("prompt_driver", &["sync", "async", "stream"])
-            .extra("[config]\nmodel = \"test-model\"\n")
-            .write(&dir, "openai.toml");
-        ManifestSpec::named("text-tools", "text_tools")
-            .kind("tool", &["sync", "async"])
-            .write(&dir, "tt.toml");
-        let r = Registry::load_dirs(&[dir], &artifacts().options());
-        assert!(r.refused().is_empty(), "{:?}", r.refused());
-        r
-    })
+fn remote() -> &'static RemoteDriver {
+    static R: OnceLock<RemoteDriver> = OnceLock::new();
+    R.get_or_init(|| RemoteDriver::load("openai", "openai_driver", KEY_VAR, KEY))
 }
 
-#[allow(unsafe_code)]
-fn set_key() {
-    // SAFETY: called once, before any test thread reads the environment through the plugin.
-    unsafe { std::env::set_var(KEY_VAR, KEY) };
+fn registry() -> &'static host::Registry {
+    &remote().registry
 }
 
 fn driver_with(mock: &MockLlm, extra: Value) -> Driver {
-    let mut config = json!({
-        "base_url": mock.base_url(),
-        "api_key_env": KEY_VAR,
-        "http": {"retry": {"max_retries": 2, "initial_backoff_ms": 5, "max_backoff_ms": 3000}}
-    });
-    host::plugin::merge_config(&mut config, &extra);
-    registry()
-        .get("openai")
-        .unwrap()
-        .new_driver(Some(&config))
-        .unwrap()
+    remote().driver_with(mock, extra)
 }
 
 fn driver(mock: &MockLlm) -> Driver {
     driver_with(mock, json!({}))
-}
-
-fn request(text: &str) -> PromptRequest {
-    PromptRequest::new(vec![Message::system("be nice"), Message::user(text)])
-}
-
-async fn collect(d: &Driver, req: &PromptRequest) -> Vec<Result<StreamDelta, host::CallError>> {
-    d.stream(req).unwrap().collect().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,13 +180,7 @@ async fn streamed_tool_call_deltas_interleaved_by_index_are_assembled() {
     mock.push([Reply::sse_text(&["Done: ", "2 words, ", "HI."])]);
     let bus = std::sync::Arc::new(EventBus::new());
     let task = PromptTask::new(d, "go")
-        .tool(
-            registry()
-                .get("text-tools")
-                .unwrap()
-                .new_tool(None)
-                .unwrap(),
-        )
+        .tool(remote().text_tools())
         .stream(true)
         .event_bus(bus);
     let out = task.async_run().await.unwrap();
@@ -483,13 +444,7 @@ async fn a_prompt_task_with_a_tool_round_trip_on_both_paths() {
             Reply::text("There are 4 words."),
         ]);
         let task = PromptTask::new(driver(&mock), "count: how many words here")
-            .tool(
-                registry()
-                    .get("text-tools")
-                    .unwrap()
-                    .new_tool(None)
-                    .unwrap(),
-            )
+            .tool(remote().text_tools())
             .event_bus(std::sync::Arc::new(EventBus::new()));
         let out = if path == "sync" {
             tokio::task::block_in_place(|| task.run())

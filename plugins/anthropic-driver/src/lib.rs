@@ -34,9 +34,9 @@
 
 mod wire;
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use driver_http::{Classify, HttpConfig, send_with_retry};
+use driver_http::{Classify, Endpoint, HttpConfig};
 use plugin_api::prelude::*;
 use reqwest::RequestBuilder;
 use serde::Deserialize;
@@ -126,43 +126,40 @@ impl Classify for AnthropicClassify {
 }
 
 /// The driver.
-#[derive(Clone)]
 pub struct AnthropicDriver {
-    config: Config,
-    url: String,
-    client: reqwest::Client,
+    config: Arc<Config>,
+    endpoint: Endpoint,
 }
 
-impl AnthropicDriver {
-    fn request(&self, body: &serde_json::Value) -> RequestBuilder {
+/// Makes one request: the body with the key and Anthropic's headers. Cloned into streams.
+#[derive(Clone)]
+struct Requester {
+    config: Arc<Config>,
+    endpoint: Endpoint,
+}
+
+impl Requester {
+    fn build(&self, body: &serde_json::Value) -> RequestBuilder {
         let mut rb = self
-            .client
-            .post(&self.url)
-            .timeout(Duration::from_millis(self.config.http.request_timeout_ms))
-            .header("anthropic-version", &self.config.api_version)
-            .json(body);
+            .endpoint
+            .post(body)
+            .header("anthropic-version", &self.config.api_version);
         if !self.config.beta.is_empty() {
             rb = rb.header("anthropic-beta", self.config.beta.join(","));
         }
-        // Read at each request, so a rotated key is picked up; an unset variable sends no key
-        // (gateways may add their own) and a 401 then says which variable to set.
-        if let Ok(key) = std::env::var(&self.config.api_key_env)
-            && !key.trim().is_empty()
-        {
+        if let Some(key) = self.endpoint.api_key() {
             rb = rb.header("x-api-key", key);
         }
         rb
     }
+}
 
-    async fn send(&self, body: &serde_json::Value) -> Result<reqwest::Response, PluginError> {
-        send_with_retry(
-            || self.request(body),
-            &self.url,
-            &self.config.http.retry,
-            &AnthropicClassify,
-        )
-        .await
-        .map_err(|e| driver_http::with_key_hint(e, &self.config.api_key_env))
+impl AnthropicDriver {
+    fn requester(&self) -> Requester {
+        Requester {
+            config: Arc::clone(&self.config),
+            endpoint: self.endpoint.clone(),
+        }
     }
 }
 
@@ -173,28 +170,21 @@ impl PromptDriver for AnthropicDriver {
     const STREAM: bool = true;
 
     fn new(config: Config) -> Result<Self, PluginError> {
-        if config.model.trim().is_empty() {
-            return Err(PluginError::config("`model` must not be empty"));
-        }
+        driver_http::require_nonempty("model", &config.model)?;
+        driver_http::require_nonempty("output_tool", &config.output_tool)?;
         if config.max_tokens == 0 {
             return Err(PluginError::config("`max_tokens` must be at least 1"));
         }
-        if config.output_tool.trim().is_empty() {
-            return Err(PluginError::config("`output_tool` must not be empty"));
-        }
         wire::check_tool_choice(config.tool_choice.as_ref())?;
-        let base = config.base_url.trim_end_matches('/');
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(PluginError::config(format!(
-                "`base_url` must start with http:// or https://, got {base:?}"
-            )));
-        }
-        let url = format!("{base}/v1/messages");
-        let client = driver_http::client(&config.http)?;
+        let endpoint = Endpoint::new(
+            &config.base_url,
+            "/v1/messages",
+            &config.http,
+            &config.api_key_env,
+        )?;
         Ok(Self {
-            config,
-            url,
-            client,
+            config: Arc::new(config),
+            endpoint,
         })
     }
 
@@ -204,23 +194,23 @@ impl PromptDriver for AnthropicDriver {
 
     async fn prompt_async(&self, request: PromptRequest) -> Result<PromptResponse, PluginError> {
         let plan = wire::Plan::new(&self.config, &request, false);
-        let resp = self.send(&plan.body).await?;
-        let parsed: wire::MessagesResponse = driver_http::read_json(resp, &self.url).await?;
+        let r = self.requester();
+        let resp = self
+            .endpoint
+            .send(|| r.build(&plan.body), &AnthropicClassify)
+            .await?;
+        let parsed: wire::MessagesResponse =
+            driver_http::read_json(resp, &self.endpoint.url).await?;
         Ok(plan.into_response(parsed))
     }
 
     fn stream(&self, request: PromptRequest) -> Result<DeltaStream, PluginError> {
         let plan = wire::Plan::new(&self.config, &request, true);
-        let idle = Duration::from_millis(self.config.http.stream_idle_timeout_ms);
-        let this = self.clone();
-        Ok(driver_http::lazy_stream(async move {
-            let resp = this.send(&plan.body).await?;
-            Ok(driver_http::decode_stream(
-                driver_http::sse_events(resp, &this.url, idle),
-                this.url.clone(),
-                plan.decoder(),
-            ))
-        }))
+        let decoder = plan.decoder();
+        let r = self.requester();
+        Ok(self
+            .endpoint
+            .stream(move || r.build(&plan.body), AnthropicClassify, decoder))
     }
 }
 

@@ -488,3 +488,106 @@ where
         .flatten()
         .boxed()
 }
+
+/// What every remote driver holds: the endpoint URL, the shared client, the HTTP settings and
+/// the name of the API-key variable. Each driver adds only its own headers and wire format.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The full URL requests are posted to.
+    pub url: String,
+    /// The shared client (see [`client`]).
+    pub client: reqwest::Client,
+    /// Timeouts, retries, extra headers.
+    pub http: HttpConfig,
+    /// The environment variable holding the API key.
+    pub key_env: String,
+}
+
+impl Endpoint {
+    /// `base_url` + `path`, checked, with the client for `http`.
+    ///
+    /// # Errors
+    /// A base URL that is not http(s), or a client that cannot be built.
+    pub fn new(
+        base_url: &str,
+        path: &str,
+        http: &HttpConfig,
+        key_env: &str,
+    ) -> Result<Self, PluginError> {
+        let base = base_url.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(PluginError::config(format!(
+                "`base_url` must start with http:// or https://, got {base:?}"
+            )));
+        }
+        Ok(Self {
+            url: format!("{base}{path}"),
+            client: client(http)?,
+            http: http.clone(),
+            key_env: key_env.to_owned(),
+        })
+    }
+
+    /// A POST of `body` as JSON, with the request timeout.
+    pub fn post(&self, body: &serde_json::Value) -> RequestBuilder {
+        self.client
+            .post(&self.url)
+            .timeout(Duration::from_millis(self.http.request_timeout_ms))
+            .json(body)
+    }
+
+    /// The API key, read at each request so a rotated key is picked up; `None` when the
+    /// variable is unset or empty (local servers need no key, and a 401 then says what to set).
+    pub fn api_key(&self) -> Option<String> {
+        std::env::var(&self.key_env)
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+    }
+
+    /// Sends with retries (see [`send_with_retry`]); an auth error says which variable to set
+    /// when no key was sent.
+    ///
+    /// # Errors
+    /// The last attempt's error.
+    pub async fn send(
+        &self,
+        build: impl Fn() -> RequestBuilder,
+        classify: &impl Classify,
+    ) -> Result<Response, PluginError> {
+        send_with_retry(build, &self.url, &self.http.retry, classify)
+            .await
+            .map_err(|e| with_key_hint(e, &self.key_env))
+    }
+
+    /// A lazily sent streaming request, decoded by `decoder`: retried only before its first
+    /// byte, each event awaited with the idle timeout.
+    pub fn stream<D: SseDecoder>(
+        &self,
+        build: impl Fn() -> RequestBuilder + Send + 'static,
+        classify: impl Classify + Send + Sync + 'static,
+        decoder: D,
+    ) -> DeltaStream {
+        let this = self.clone();
+        lazy_stream(async move {
+            let resp = this.send(build, &classify).await?;
+            let idle = Duration::from_millis(this.http.stream_idle_timeout_ms);
+            Ok(decode_stream(
+                sse_events(resp, &this.url, idle),
+                this.url.clone(),
+                decoder,
+            ))
+        })
+    }
+}
+
+/// Checks that a required string setting is not blank.
+///
+/// # Errors
+/// A config error naming the field.
+pub fn require_nonempty(field: &str, value: &str) -> Result<(), PluginError> {
+    if value.trim().is_empty() {
+        Err(PluginError::config(format!("`{field}` must not be empty")))
+    } else {
+        Ok(())
+    }
+}

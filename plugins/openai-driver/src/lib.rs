@@ -28,9 +28,9 @@
 
 mod wire;
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use driver_http::{DefaultClassify, HttpConfig, send_with_retry};
+use driver_http::{DefaultClassify, Endpoint, HttpConfig};
 use plugin_api::prelude::*;
 use reqwest::RequestBuilder;
 use serde::Deserialize;
@@ -78,23 +78,21 @@ fn yes() -> bool {
 
 /// The driver.
 pub struct OpenAiDriver {
-    config: Config,
-    url: String,
-    client: reqwest::Client,
+    config: Arc<Config>,
+    endpoint: Endpoint,
 }
 
-impl OpenAiDriver {
-    fn request(&self, body: &serde_json::Value) -> RequestBuilder {
-        let mut rb = self
-            .client
-            .post(&self.url)
-            .timeout(Duration::from_millis(self.config.http.request_timeout_ms))
-            .json(body);
-        // Read at each request, so a rotated key is picked up; an unset variable sends no key
-        // (local servers need none) and a 401 then says which variable to set.
-        if let Ok(key) = std::env::var(&self.config.api_key_env)
-            && !key.trim().is_empty()
-        {
+/// Makes one request: the body with the key and OpenAI's headers. Cloned into streams.
+#[derive(Clone)]
+struct Requester {
+    config: Arc<Config>,
+    endpoint: Endpoint,
+}
+
+impl Requester {
+    fn build(&self, body: &serde_json::Value) -> RequestBuilder {
+        let mut rb = self.endpoint.post(body);
+        if let Some(key) = self.endpoint.api_key() {
             rb = rb.bearer_auth(key);
         }
         if let Some(org) = &self.config.organization {
@@ -105,16 +103,14 @@ impl OpenAiDriver {
         }
         rb
     }
+}
 
-    async fn send(&self, body: &serde_json::Value) -> Result<reqwest::Response, PluginError> {
-        send_with_retry(
-            || self.request(body),
-            &self.url,
-            &self.config.http.retry,
-            &DefaultClassify,
-        )
-        .await
-        .map_err(|e| driver_http::with_key_hint(e, &self.config.api_key_env))
+impl OpenAiDriver {
+    fn requester(&self) -> Requester {
+        Requester {
+            config: Arc::clone(&self.config),
+            endpoint: self.endpoint.clone(),
+        }
     }
 }
 
@@ -125,21 +121,16 @@ impl PromptDriver for OpenAiDriver {
     const STREAM: bool = true;
 
     fn new(config: Config) -> Result<Self, PluginError> {
-        if config.model.trim().is_empty() {
-            return Err(PluginError::config("`model` must not be empty"));
-        }
-        let base = config.base_url.trim_end_matches('/');
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(PluginError::config(format!(
-                "`base_url` must start with http:// or https://, got {base:?}"
-            )));
-        }
-        let url = format!("{base}/chat/completions");
-        let client = driver_http::client(&config.http)?;
+        driver_http::require_nonempty("model", &config.model)?;
+        let endpoint = Endpoint::new(
+            &config.base_url,
+            "/chat/completions",
+            &config.http,
+            &config.api_key_env,
+        )?;
         Ok(Self {
-            config,
-            url,
-            client,
+            config: Arc::new(config),
+            endpoint,
         })
     }
 
@@ -149,27 +140,23 @@ impl PromptDriver for OpenAiDriver {
 
     async fn prompt_async(&self, request: PromptRequest) -> Result<PromptResponse, PluginError> {
         let body = wire::request_body(&self.config, &request, false);
-        let resp = self.send(&body).await?;
-        let parsed: wire::ChatResponse = driver_http::read_json(resp, &self.url).await?;
-        wire::into_response(parsed, &self.url)
+        let r = self.requester();
+        let resp = self
+            .endpoint
+            .send(|| r.build(&body), &DefaultClassify)
+            .await?;
+        let parsed: wire::ChatResponse = driver_http::read_json(resp, &self.endpoint.url).await?;
+        wire::into_response(parsed, &self.endpoint.url)
     }
 
     fn stream(&self, request: PromptRequest) -> Result<DeltaStream, PluginError> {
         let body = wire::request_body(&self.config, &request, true);
-        let idle = Duration::from_millis(self.config.http.stream_idle_timeout_ms);
-        let this = Self {
-            config: self.config.clone(),
-            url: self.url.clone(),
-            client: self.client.clone(),
-        };
-        Ok(driver_http::lazy_stream(async move {
-            let resp = this.send(&body).await?;
-            Ok(driver_http::decode_stream(
-                driver_http::sse_events(resp, &this.url, idle),
-                this.url.clone(),
-                wire::StreamState::default(),
-            ))
-        }))
+        let r = self.requester();
+        Ok(self.endpoint.stream(
+            move || r.build(&body),
+            DefaultClassify,
+            wire::StreamState::default(),
+        ))
     }
 }
 

@@ -1,11 +1,20 @@
-//! The test suite's OpenAI-compatible mock server as a process of its own, for benchmarks that
-//! must not count the server's CPU: prints its base URL, serves until stdin closes.
+//! The test suite's mock LLM server as a process of its own, for benchmarks that must not count
+//! the server's CPU: prints its base URL, serves until stdin closes. It speaks the OpenAI wire
+//! format, or Anthropic's with the argument `anthropic`.
 //!
-//! Run with `cargo run -p e2e --bin mock-openai [latency_ms]`.
+//! Run with `cargo run -p e2e --bin mock-openai [anthropic] [latency_ms]`.
+
+use e2e::mock_llm::{MockLlm, Wire};
 
 fn main() {
-    let server = e2e::mock_llm::MockLlm::start();
-    if let Some(ms) = std::env::args().nth(1).and_then(|a| a.parse().ok()) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let wire = if args.iter().any(|a| a == "anthropic") {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
+    };
+    let server = MockLlm::start_with(wire);
+    if let Some(ms) = args.iter().find_map(|a| a.parse().ok()) {
         server.set_default_latency(ms);
     }
     println!("{}", server.base_url());
