@@ -13,10 +13,16 @@ use host::{EventBus, EventListener, LoaderOptions, PromptTask, Registry};
 use plugin_api::wire::{Message, PromptRequest};
 use serde_json::json;
 
-/// The target directory for out-of-tree builds: not the workspace's own, but kept between runs
-/// so only the first build compiles the dependencies.
+/// The target directory for the template crates: not the workspace's own, but kept between
+/// runs so only the first build compiles the dependencies.
 fn out_of_tree_target() -> PathBuf {
     artifacts().lib_dir.parent().unwrap().join("out-of-tree")
+}
+
+/// The generation-1 fixture's own target directory: two plugin-api versions never share one
+/// (a shared one has been seen to reuse the wrong plugin-api rlib).
+fn gen1_target() -> PathBuf {
+    artifacts().lib_dir.parent().unwrap().join("compat-gen1")
 }
 
 fn out_of_tree_libs() -> PathBuf {
@@ -24,11 +30,15 @@ fn out_of_tree_libs() -> PathBuf {
 }
 
 fn cargo(dir: &Path, args: &[&str]) -> Output {
+    cargo_in(dir, &out_of_tree_target(), args)
+}
+
+fn cargo_in(dir: &Path, target: &Path, args: &[&str]) -> Output {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .args(args)
         .arg("--target-dir")
-        .arg(out_of_tree_target())
+        .arg(target)
         .current_dir(dir)
         // Whatever the outer cargo set for this test binary must not leak into the build.
         .env_remove("CARGO_TARGET_DIR")
@@ -91,7 +101,10 @@ fn new_plugin(parent: &Path, name: &str, kind: &str) -> PathBuf {
 }
 
 fn check(manifest: &Path, extra: &[&str]) -> (bool, String) {
-    let libs = out_of_tree_libs();
+    check_in(manifest, &out_of_tree_libs(), extra)
+}
+
+fn check_in(manifest: &Path, libs: &Path, extra: &[&str]) -> (bool, String) {
     let mut args = vec![
         "plugins",
         "check",
@@ -105,9 +118,13 @@ fn check(manifest: &Path, extra: &[&str]) -> (bool, String) {
 }
 
 fn registry(manifest_dirs: &[PathBuf]) -> Registry {
+    registry_in(manifest_dirs, &out_of_tree_libs())
+}
+
+fn registry_in(manifest_dirs: &[PathBuf], libs: &Path) -> Registry {
     let a = artifacts();
     let options = LoaderOptions {
-        lib_dirs: vec![out_of_tree_libs(), a.lib_dir.clone()],
+        lib_dirs: vec![libs.to_owned(), a.lib_dir.clone()],
         require_hash: false,
     };
     let r = Registry::load_dirs(manifest_dirs, &options);
@@ -241,6 +258,32 @@ async fn template_plugins_built_out_of_tree_are_checked_and_used_by_the_host() {
         stderr.contains("[log-listener] StartTaskEvent") && stderr.contains("events so far"),
         "{stderr}"
     );
+    // The tool, called by the scripted driver, from the binary (`--json` shows the subtask).
+    let out = grip(&[
+        "run",
+        "--manifests",
+        a.root.join("manifests").to_str().unwrap(),
+        "--manifests",
+        tool.join("manifests").to_str().unwrap(),
+        "--lib-dir",
+        libs.to_str().unwrap(),
+        "--driver",
+        "scripted",
+        "--tool",
+        "hello-tool",
+        "--config",
+        &script.to_string(),
+        "--json",
+        "greet Ada",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["text"], "greeted", "{report}");
+    assert_eq!(report["subtasks"], 1, "{report}");
 
     // A name that cannot be a crate, and a directory already in use, are refused.
     let bad = grip(&[
@@ -366,9 +409,10 @@ async fn a_plugin_built_against_plugin_api_1_0_0_loads_and_works_in_this_host() 
         std::fs::copy(compat.join("gen1-plugin").join(f), src.join(f)).unwrap();
     }
     // --locked: the fixture's dependency versions are frozen too.
-    cargo(&src, &["build", "--quiet", "--locked"]);
+    cargo_in(&src, &gen1_target(), &["build", "--quiet", "--locked"]);
+    let libs = gen1_target().join("debug");
 
-    let (ok, report) = check(&src.join("manifests/gen1.toml"), &["--strict"]);
+    let (ok, report) = check_in(&src.join("manifests/gen1.toml"), &libs, &["--strict"]);
     assert!(ok, "{report}");
     assert_eq!(
         report.lines().filter(|l| l.contains(" ok ")).count(),
@@ -376,7 +420,7 @@ async fn a_plugin_built_against_plugin_api_1_0_0_loads_and_works_in_this_host() 
         "{report}"
     );
 
-    let r = registry(&[src.join("manifests")]);
+    let r = registry_in(&[src.join("manifests")], &libs);
     let p = r.get("gen1").unwrap();
     assert_eq!(
         p.info().sdk_version,
