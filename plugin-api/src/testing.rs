@@ -122,19 +122,27 @@ fn require(caps: Capabilities, needed: Capabilities, what: &str) -> Result<(), P
     }
 }
 
-/// A prompt driver under test.
-pub struct TestDriver {
-    inner: PromptDriverBox,
+/// A plugin instance under test: the FFI object the host would hold, and the capabilities the
+/// plugin declares.
+pub struct UnderTest<B> {
+    inner: B,
     caps: Capabilities,
 }
 
-impl std::fmt::Debug for TestDriver {
+impl<B> std::fmt::Debug for UnderTest<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestDriver")
+        f.debug_struct("UnderTest")
             .field("caps", &self.caps)
             .finish()
     }
 }
+
+/// A prompt driver under test.
+pub type TestDriver = UnderTest<PromptDriverBox>;
+/// A tool under test.
+pub type TestTool = UnderTest<ToolBox>;
+/// An event listener driver under test.
+pub type TestListener = UnderTest<ListenerBox>;
 
 /// Makes driver `D` from its config (JSON, as in the manifest's `[config]`).
 ///
@@ -249,19 +257,6 @@ impl Stream for TestStream {
     }
 }
 
-/// A tool under test.
-pub struct TestTool {
-    inner: ToolBox,
-    caps: Capabilities,
-}
-
-impl std::fmt::Debug for TestTool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestTool")
-            .field("caps", &self.caps)
-            .finish()
-    }
-}
 
 /// Makes tool `T` from its config (JSON; `null` for none).
 ///
@@ -324,19 +319,6 @@ impl TestTool {
     }
 }
 
-/// An event listener driver under test.
-pub struct TestListener {
-    inner: ListenerBox,
-    caps: Capabilities,
-}
-
-impl std::fmt::Debug for TestListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestListener")
-            .field("caps", &self.caps)
-            .finish()
-    }
-}
 
 /// Makes listener `L` from its config (JSON; `null` for none).
 ///

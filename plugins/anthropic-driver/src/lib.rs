@@ -125,20 +125,15 @@ impl Classify for AnthropicClassify {
     }
 }
 
-/// The driver.
+/// The driver. Cheap to clone: streams take a clone to send their request.
+#[derive(Clone)]
 pub struct AnthropicDriver {
     config: Arc<Config>,
     endpoint: Endpoint,
 }
 
-/// Makes one request: the body with the key and Anthropic's headers. Cloned into streams.
-#[derive(Clone)]
-struct Requester {
-    config: Arc<Config>,
-    endpoint: Endpoint,
-}
-
-impl Requester {
+impl AnthropicDriver {
+    /// One request: the body with the key and the vendor's headers.
     fn build(&self, body: &serde_json::Value) -> RequestBuilder {
         let mut rb = self
             .endpoint
@@ -151,15 +146,6 @@ impl Requester {
             rb = rb.header("x-api-key", key);
         }
         rb
-    }
-}
-
-impl AnthropicDriver {
-    fn requester(&self) -> Requester {
-        Requester {
-            config: Arc::clone(&self.config),
-            endpoint: self.endpoint.clone(),
-        }
     }
 }
 
@@ -194,10 +180,9 @@ impl PromptDriver for AnthropicDriver {
 
     async fn prompt_async(&self, request: PromptRequest) -> Result<PromptResponse, PluginError> {
         let plan = wire::Plan::new(&self.config, &request, false);
-        let r = self.requester();
         let resp = self
             .endpoint
-            .send(|| r.build(&plan.body), &AnthropicClassify)
+            .send(|| self.build(&plan.body), &AnthropicClassify)
             .await?;
         let parsed: wire::MessagesResponse =
             driver_http::read_json(resp, &self.endpoint.url).await?;
@@ -207,7 +192,7 @@ impl PromptDriver for AnthropicDriver {
     fn stream(&self, request: PromptRequest) -> Result<DeltaStream, PluginError> {
         let plan = wire::Plan::new(&self.config, &request, true);
         let decoder = plan.decoder();
-        let r = self.requester();
+        let r = self.clone();
         Ok(self
             .endpoint
             .stream(move || r.build(&plan.body), AnthropicClassify, decoder))

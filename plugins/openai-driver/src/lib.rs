@@ -76,20 +76,15 @@ fn yes() -> bool {
     true
 }
 
-/// The driver.
+/// The driver. Cheap to clone: streams take a clone to send their request.
+#[derive(Clone)]
 pub struct OpenAiDriver {
     config: Arc<Config>,
     endpoint: Endpoint,
 }
 
-/// Makes one request: the body with the key and OpenAI's headers. Cloned into streams.
-#[derive(Clone)]
-struct Requester {
-    config: Arc<Config>,
-    endpoint: Endpoint,
-}
-
-impl Requester {
+impl OpenAiDriver {
+    /// One request: the body with the key and the vendor's headers.
     fn build(&self, body: &serde_json::Value) -> RequestBuilder {
         let mut rb = self.endpoint.post(body);
         if let Some(key) = self.endpoint.api_key() {
@@ -102,15 +97,6 @@ impl Requester {
             rb = rb.header("OpenAI-Project", project);
         }
         rb
-    }
-}
-
-impl OpenAiDriver {
-    fn requester(&self) -> Requester {
-        Requester {
-            config: Arc::clone(&self.config),
-            endpoint: self.endpoint.clone(),
-        }
     }
 }
 
@@ -140,10 +126,9 @@ impl PromptDriver for OpenAiDriver {
 
     async fn prompt_async(&self, request: PromptRequest) -> Result<PromptResponse, PluginError> {
         let body = wire::request_body(&self.config, &request, false);
-        let r = self.requester();
         let resp = self
             .endpoint
-            .send(|| r.build(&body), &DefaultClassify)
+            .send(|| self.build(&body), &DefaultClassify)
             .await?;
         let parsed: wire::ChatResponse = driver_http::read_json(resp, &self.endpoint.url).await?;
         wire::into_response(parsed, &self.endpoint.url)
@@ -151,7 +136,7 @@ impl PromptDriver for OpenAiDriver {
 
     fn stream(&self, request: PromptRequest) -> Result<DeltaStream, PluginError> {
         let body = wire::request_body(&self.config, &request, true);
-        let r = self.requester();
+        let r = self.clone();
         Ok(self.endpoint.stream(
             move || r.build(&body),
             DefaultClassify,
