@@ -257,7 +257,6 @@ impl Stream for TestStream {
     }
 }
 
-
 /// Makes tool `T` from its config (JSON; `null` for none).
 ///
 /// # Errors
@@ -318,7 +317,6 @@ impl TestTool {
         decode("tool output", self.inner.call_async(inv).await)
     }
 }
-
 
 /// Makes listener `L` from its config (JSON; `null` for none).
 ///
