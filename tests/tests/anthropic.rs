@@ -727,3 +727,43 @@ async fn a_prompt_task_with_a_tool_round_trip_on_both_paths() {
         let _ = message(vec![], "end_turn");
     }
 }
+
+#[test]
+fn the_key_never_reaches_the_logs_even_at_trace_level() {
+    let mock = MockLlm::start_anthropic();
+    let a = e2e::artifacts();
+    let key = "sk-ant-trace-level-secret-789";
+    let config = json!({"base_url": mock.base_url(), "api_key_env": "E2E_ANTHROPIC_TRACE_KEY"});
+    let out = std::process::Command::new(a.grip())
+        .args(["run", "--driver", "anthropic", "--manifests"])
+        .arg(a.root.join("manifests"))
+        .args([
+            "--config",
+            &config.to_string(),
+            "--log-format",
+            "json",
+            "hello",
+        ])
+        .env("E2E_ANTHROPIC_TRACE_KEY", key)
+        .env("GRIP_LOG", "trace")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("echo: hello"), "{stdout}");
+    // The plugin's own log lines reach the host's log: the request is there, with its URL.
+    assert!(
+        stderr.contains("sending request") && stderr.contains(&mock.base_url()),
+        "{stderr}"
+    );
+    assert_eq!(
+        mock.requests()[0].headers["x-api-key"],
+        key,
+        "the key was sent"
+    );
+    assert!(
+        !stdout.contains(key) && !stderr.contains(key),
+        "the key appears in the output"
+    );
+}

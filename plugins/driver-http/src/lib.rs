@@ -297,8 +297,18 @@ pub async fn send_with_retry(
     let mut retry = 0;
     loop {
         let attempt = retry + 1;
+        // URL and attempt only: headers (the key among them) are never logged.
+        plugin_api::tracing::debug!(url, attempt, "sending request");
         let (error, wait) = match build().send().await {
-            Ok(resp) if resp.status().is_success() => return Ok(resp),
+            Ok(resp) if resp.status().is_success() => {
+                plugin_api::tracing::debug!(
+                    url,
+                    attempt,
+                    status = resp.status().as_u16(),
+                    "response"
+                );
+                return Ok(resp);
+            }
             Ok(resp) => {
                 let status = resp.status();
                 let after = retry_after(&resp);
@@ -344,6 +354,13 @@ pub async fn send_with_retry(
             Some(after) => after,
             None => backoff,
         };
+        plugin_api::tracing::warn!(
+            url,
+            attempt,
+            wait_ms = wait.as_millis() as u64,
+            error = %error.message,
+            "retrying"
+        );
         tokio::time::sleep(wait).await;
         retry += 1;
     }
