@@ -733,7 +733,10 @@ fn the_key_never_reaches_the_logs_even_at_trace_level() {
     let mock = MockLlm::start_anthropic();
     let a = e2e::artifacts();
     let key = "sk-ant-trace-level-secret-789";
-    let config = json!({"base_url": mock.base_url(), "api_key_env": "E2E_ANTHROPIC_TRACE_KEY"});
+    let config = json!({"base_url": mock.base_url(), "api_key_env": "E2E_ANTHROPIC_TRACE_KEY",
+        "http": {"retry": {"initial_backoff_ms": 5}}});
+    // One overloaded answer first, so the retry path logs too.
+    mock.push([anthropic::error(529, "overloaded_error", "Overloaded")]);
     let out = std::process::Command::new(a.grip())
         .args(["run", "--driver", "anthropic", "--manifests"])
         .arg(a.root.join("manifests"))
@@ -752,9 +755,9 @@ fn the_key_never_reaches_the_logs_even_at_trace_level() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("echo: hello"), "{stdout}");
-    // The plugin's own log lines reach the host's log: the request is there, with its URL.
+    // The plugin's own log lines reach the host's log: the retry is there, with its URL.
     assert!(
-        stderr.contains("sending request") && stderr.contains(&mock.base_url()),
+        stderr.contains("retrying") && stderr.contains(&mock.base_url()),
         "{stderr}"
     );
     assert_eq!(

@@ -297,18 +297,8 @@ pub async fn send_with_retry(
     let mut retry = 0;
     loop {
         let attempt = retry + 1;
-        // URL and attempt only: headers (the key among them) are never logged.
-        plugin_api::tracing::debug!(url, attempt, "sending request");
         let (error, wait) = match build().send().await {
-            Ok(resp) if resp.status().is_success() => {
-                plugin_api::tracing::debug!(
-                    url,
-                    attempt,
-                    status = resp.status().as_u16(),
-                    "response"
-                );
-                return Ok(resp);
-            }
+            Ok(resp) if resp.status().is_success() => return Ok(resp),
             Ok(resp) => {
                 let status = resp.status();
                 let after = retry_after(&resp);
@@ -354,6 +344,7 @@ pub async fn send_with_retry(
             Some(after) => after,
             None => backoff,
         };
+        // URL, attempt, wait and the error's text: headers (the key among them) are never logged.
         plugin_api::tracing::warn!(
             url,
             attempt,
