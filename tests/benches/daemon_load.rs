@@ -6,61 +6,12 @@
 //! of their own; this process is only the client. Run with
 //! `cargo bench -p e2e --bench daemon_load`.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{ManifestSpec, artifacts, scripted};
+use e2e::procs::{start_daemon, start_mock, status_kib};
+use e2e::{ManifestSpec, scripted};
 use futures::StreamExt;
 use serde_json::{Value, json};
-
-fn spawn_line(mut cmd: Command, marker: &str) -> (Child, String) {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = if marker.is_empty() {
-        child.stdout.take()
-    } else {
-        None
-    };
-    let line = match out {
-        Some(o) => {
-            let mut l = String::new();
-            std::io::BufReader::new(o).read_line(&mut l).unwrap();
-            l.trim().to_owned()
-        }
-        None => {
-            let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-            let mut l = String::new();
-            while !l.contains(marker) {
-                l.clear();
-                assert!(err.read_line(&mut l).unwrap() > 0, "process exited early");
-            }
-            std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-            l.split(marker)
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned()
-        }
-    };
-    (child, line)
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -93,8 +44,7 @@ async fn run(
 }
 
 fn main() {
-    let a = artifacts();
-    let (mut upstream, base_url) = spawn_line(Command::new(a.lib_dir.join("mock-openai")), "");
+    let (mut upstream, base_url) = start_mock(&[]);
 
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
@@ -106,19 +56,7 @@ fn main() {
             "[config]\nmodel = \"m\"\napi_key_env = \"NO_KEY\"\nbase_url = {base_url:?}\n"
         ))
         .write(&manifests, "openai.toml");
-    let cfg = dir.path().join("grip.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\nmax_concurrent_tasks = 20000\ntask_timeout_ms = 120000\n\
-             [plugins]\nmanifest_dirs = [\"manifests\"]\nlib_dirs = [{:?}]\n",
-            a.lib_dir.display().to_string()
-        ),
-    )
-    .unwrap();
-    let mut serve = Command::new(a.grip());
-    serve.args(["serve", "--config", cfg.to_str().unwrap()]);
-    let (mut daemon, daemon_url) = spawn_line(serve, "listening on ");
+    let (mut daemon, daemon_url) = start_daemon(dir.path(), "task_timeout_ms = 120000\n");
     let daemon_pid = daemon.id();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -180,7 +118,7 @@ fn main() {
 
         // RSS with 10,000 concurrent slow tasks (the scripted driver sleeps 4 s on the plugin's
         // runtime; no upstream sockets, so file descriptors stay within the limit).
-        let idle = rss_kib(daemon_pid, "VmRSS:");
+        let idle = status_kib(Some(daemon_pid), "VmRSS:");
         let n = 10_000;
         let slow = json!({"driver": "scripted", "input": "slow", "config": {"delay_ms": 4000}});
         let big_client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
@@ -197,7 +135,7 @@ fn main() {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        let during = rss_kib(daemon_pid, "VmRSS:");
+        let during = status_kib(Some(daemon_pid), "VmRSS:");
         let metrics = client
             .get(format!("{daemon_url}/metrics"))
             .send()
@@ -218,7 +156,7 @@ fn main() {
                 ok += 1;
             }
         }
-        let peak = rss_kib(daemon_pid, "VmHWM:");
+        let peak = status_kib(Some(daemon_pid), "VmHWM:");
         println!(
             "\n10,000 concurrent slow tasks: {in_flight} in flight at the sample, {ok}/{n} answered 200 in {:.1} s; \
              daemon RSS idle {:.1} MiB, with them in flight {:.1} MiB, peak {:.1} MiB ({:.1} KiB per task)",

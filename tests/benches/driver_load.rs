@@ -6,28 +6,14 @@
 //! Run with `cargo bench -p e2e --bench driver_load` (`-- N C` to change the request count
 //! and the concurrency).
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e::procs::{cpu_time, start_mock};
 use e2e::{ManifestSpec, artifacts};
 use futures::StreamExt;
 use host::Registry;
 use plugin_api::wire::{Message, PromptRequest};
 use serde_json::json;
-
-fn cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts);
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 struct Row {
     name: String,
@@ -47,7 +33,7 @@ where
         .buffer_unordered(c)
         .collect::<Vec<_>>()
         .await;
-    let (t0, c0) = (Instant::now(), cpu_time());
+    let (t0, c0) = (Instant::now(), cpu_time(None));
     futures::stream::iter(0..n)
         .map(&f)
         .buffer_unordered(c)
@@ -56,7 +42,7 @@ where
     Row {
         name,
         wall: t0.elapsed(),
-        cpu: cpu_time() - c0,
+        cpu: cpu_time(None) - c0,
         n,
     }
 }
@@ -116,20 +102,12 @@ fn main() {
     let client = reqwest::Client::new();
     let mut tables = Vec::new();
     for v in vendors() {
-        let mut cmd = Command::new(a.lib_dir.join("mock-openai"));
-        if !v.server_arg.is_empty() {
-            cmd.arg(v.server_arg);
-        }
-        let mut server = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start mock-openai (built by the e2e crate)");
-        let mut base_url = String::new();
-        std::io::BufReader::new(server.stdout.take().unwrap())
-            .read_line(&mut base_url)
-            .unwrap();
-        let base_url = base_url.trim().to_owned();
+        let args: &[&str] = if v.server_arg.is_empty() {
+            &[]
+        } else {
+            &[v.server_arg]
+        };
+        let (mut server, base_url) = start_mock(args);
 
         let dir = tempfile::tempdir().unwrap();
         let path = ManifestSpec::named(v.id, v.library)

@@ -14,96 +14,16 @@
 //!
 //! Run with `cargo bench -p e2e --bench e2e_load` (`-- N C` for other sizes).
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e::procs::{cpu_time, start_daemon, start_mock, status_mib};
 use e2e::{ManifestSpec, artifacts};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use host::events::HandlerResult;
 use host::{Driver, EventBus, EventListener, PromptTask, Registry, ToolHandle};
 use serde_json::{Value, json};
-
-fn cpu_of(pid: Option<u32>) -> Duration {
-    match pid {
-        None => {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            #[allow(unsafe_code)]
-            // SAFETY: clock_gettime writes into the timespec we own.
-            unsafe {
-                libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts)
-            };
-            Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-        }
-        Some(pid) => {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let fields: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-                + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-            #[allow(unsafe_code)]
-            // SAFETY: sysconf has no preconditions.
-            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-            Duration::from_micros(ticks * 1_000_000 / hz)
-        }
-    }
-}
-
-fn rss_mib(pid: Option<u32>, field: &str) -> f64 {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/status"),
-        None => "/proc/self/status".into(),
-    };
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-fn spawn(mut cmd: Command, marker: &str) -> (Child, String) {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if marker.is_empty() {
-        let mut l = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut l)
-            .unwrap();
-        return (child, l.trim().to_owned());
-    }
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut l = String::new();
-    while !l.contains(marker) {
-        l.clear();
-        assert!(err.read_line(&mut l).unwrap() > 0, "process exited early");
-    }
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    let url = l
-        .split(marker)
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    (child, url)
-}
 
 #[derive(Clone)]
 struct Stats {
@@ -130,7 +50,7 @@ async fn measure(name: &str, n: usize, c: usize, cpu_pid: Option<u32>, job: Job)
         .buffer_unordered(c)
         .collect::<Vec<_>>()
         .await;
-    let (t0, c0) = (Instant::now(), cpu_of(cpu_pid));
+    let (t0, c0) = (Instant::now(), cpu_time(cpu_pid));
     let mut lat: Vec<Duration> = futures::stream::iter(0..n)
         .map(|i| {
             let job = Arc::clone(&job);
@@ -148,9 +68,9 @@ async fn measure(name: &str, n: usize, c: usize, cpu_pid: Option<u32>, job: Job)
         name: name.to_owned(),
         n,
         wall: t0.elapsed(),
-        cpu: cpu_of(cpu_pid) - c0,
+        cpu: cpu_time(cpu_pid) - c0,
         lat,
-        rss: rss_mib(cpu_pid, "VmRSS:"),
+        rss: status_mib(cpu_pid, "VmRSS:"),
     }
 }
 
@@ -189,10 +109,8 @@ fn main() {
     let n = args.first().copied().unwrap_or(5000);
     let c = args.get(1).copied().unwrap_or(64);
     let a = artifacts();
-    let (mut fast, fast_url) = spawn(Command::new(a.lib_dir.join("mock-openai")), "");
-    let mut slow_cmd = Command::new(a.lib_dir.join("mock-openai"));
-    slow_cmd.arg("200");
-    let (mut slow, slow_url) = spawn(slow_cmd, "");
+    let (mut fast, fast_url) = start_mock(&[]);
+    let (mut slow, slow_url) = start_mock(&["200"]);
 
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
@@ -214,18 +132,7 @@ fn main() {
         .unwrap();
     let calc: ToolHandle = registry.get("calculator").unwrap().new_tool(None).unwrap();
 
-    let cfg = dir.path().join("grip.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\nmax_concurrent_tasks = 20000\n[plugins]\nmanifest_dirs = [\"manifests\"]\nlib_dirs = [{:?}]\n",
-            a.lib_dir.display().to_string()
-        ),
-    )
-    .unwrap();
-    let mut serve = Command::new(a.grip());
-    serve.args(["serve", "--config", cfg.to_str().unwrap()]);
-    let (mut daemon, daemon_url) = spawn(serve, "listening on ");
+    let (mut daemon, daemon_url) = start_daemon(dir.path(), "");
     let daemon_pid = daemon.id();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -351,7 +258,7 @@ fn main() {
         println!("\nScale sweep: concurrent in-flight async_run() tasks, upstream latency 200 ms:\n");
         println!("| in flight | tasks | p50 ms | p99 ms | added p50 ms | added p99 ms | RSS MiB | RSS per in-flight task KiB |");
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let idle = rss_mib(None, "VmRSS:");
+        let idle = status_mib(None, "VmRSS:");
         for inflight in [1usize, 64, 1000, 10_000] {
             let tasks = (inflight * 2).max(20);
             let sampler_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -359,7 +266,7 @@ fn main() {
             let (stop2, peak2) = (Arc::clone(&sampler_stop), Arc::clone(&peak));
             let sampler = std::thread::spawn(move || {
                 while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-                    let r = rss_mib(None, "VmRSS:");
+                    let r = status_mib(None, "VmRSS:");
                     let mut p = peak2.lock().unwrap();
                     *p = p.max(r);
                     drop(p);

@@ -11,14 +11,7 @@ use plugin_api::wire::{Message, PromptRequest};
 use serde_json::json;
 
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    e2e::procs::status_mib(None, "VmRSS:")
 }
 
 fn main() {

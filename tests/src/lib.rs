@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use host::{LoaderOptions, Registry};
 
 pub mod mock_llm;
+pub mod procs;
 pub mod remote;
 
 /// Where the built artifacts are.
