@@ -244,3 +244,25 @@ pub fn first_party_registry() -> Registry {
     let a = artifacts();
     Registry::load_dirs(&[a.root.join("manifests")], &a.options())
 }
+
+/// Serves `app` on 127.0.0.1 with a port of its own, on its own thread and runtime (so it
+/// outlives any test's runtime), until the process ends; returns its address.
+pub fn serve_router(app: axum::Router) -> std::net::SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind 127.0.0.1:0");
+            tx.send(listener.local_addr().expect("local address"))
+                .expect("send address");
+            axum::serve(listener, app).await.expect("serve");
+        });
+    });
+    rx.recv().expect("server address")
+}

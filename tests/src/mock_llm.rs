@@ -251,29 +251,15 @@ impl MockLlm {
             wire,
             ..MockState::default()
         });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let st = Arc::clone(&state);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("mock runtime");
-            rt.block_on(async move {
-                let path = match wire {
-                    Wire::OpenAi => "/v1/chat/completions",
-                    Wire::Anthropic => "/v1/messages",
-                };
-                let app = Router::new().route(path, post(handle)).with_state(st);
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                tx.send(listener.local_addr().expect("addr"))
-                    .expect("send addr");
-                axum::serve(listener, app).await.expect("serve");
-            });
-        });
-        let addr = rx.recv().expect("mock server address");
+        let path = match wire {
+            Wire::OpenAi => "/v1/chat/completions",
+            Wire::Anthropic => "/v1/messages",
+        };
+        let addr = crate::serve_router(
+            Router::new()
+                .route(path, post(handle))
+                .with_state(Arc::clone(&state)),
+        );
         Self { addr, state }
     }
 

@@ -1,6 +1,5 @@
 //! The listener plugins against a real file and a real local HTTP endpoint.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -67,23 +66,11 @@ async fn hook(State(s): State<Arc<Endpoint>>, body: String) -> StatusCode {
 
 fn endpoint() -> (Arc<Endpoint>, String) {
     let state = Arc::new(Endpoint::default());
-    let st = Arc::clone(&state);
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(l.local_addr().unwrap()).unwrap();
-            axum::serve(l, Router::new().route("/hook", post(hook)).with_state(st))
-                .await
-                .unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
+    let addr = e2e::serve_router(
+        Router::new()
+            .route("/hook", post(hook))
+            .with_state(Arc::clone(&state)),
+    );
     (state, format!("http://{addr}/hook"))
 }
 

@@ -2,7 +2,6 @@
 //! and serves a small test wheel, with a truncated download, a wrong hash, and the cache.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -112,25 +111,12 @@ fn index(content: &[u8]) -> (Arc<Index>, String) {
         truncate_next: AtomicUsize::new(0),
         ranges: Mutex::new(Vec::new()),
     });
-    let st = Arc::clone(&state);
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(l.local_addr().unwrap()).unwrap();
-            let app = Router::new()
-                .route("/pypi/tiny-model/json", get(meta))
-                .route("/files/tiny.whl", get(file))
-                .with_state(st);
-            axum::serve(l, app).await.unwrap();
-        });
-    });
-    (state, format!("http://{}", rx.recv().unwrap()))
+    let app = Router::new()
+        .route("/pypi/tiny-model/json", get(meta))
+        .route("/files/tiny.whl", get(file))
+        .with_state(Arc::clone(&state));
+    let addr = e2e::serve_router(app);
+    (state, format!("http://{addr}"))
 }
 
 fn source(index_url: &str, sha: &str) -> ModelSource {
