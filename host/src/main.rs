@@ -165,7 +165,8 @@ struct RunArgs {
     /// A rule for the system prompt (repeatable).
     #[arg(long = "rule")]
     rules: Vec<String>,
-    /// Config overrides for the driver, as a JSON object.
+    /// Config overrides for the driver, as a JSON object. Any key may be changed here (you own
+    /// this machine); the daemon lets a request change only the keys its operator allowed.
     #[arg(long)]
     config: Option<String>,
     /// Print the task output as JSON (text, json, usage, subtasks) instead of plain text.
@@ -479,7 +480,7 @@ fn serve(config: Option<PathBuf>, bind: Option<std::net::SocketAddr>) -> anyhow:
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.bind))?;
@@ -495,8 +496,15 @@ fn serve(config: Option<PathBuf>, bind: Option<std::net::SocketAddr>) -> anyhow:
             "grip: listening on http://{addr} (plugins: {})",
             loaded.join(", ")
         );
-        daemon::serve(state, listener, daemon::shutdown_signal()).await?;
-        anyhow::Ok(())
+        let served = daemon::serve(state, listener, daemon::shutdown_signal()).await?;
+        anyhow::Ok(served)
     })?;
+    if served.abandoned > 0 {
+        eprintln!(
+            "grip: {} task(s) were still running at the end of the shutdown grace and were abandoned",
+            served.abandoned
+        );
+        return Ok(ExitCode::from(3));
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,9 @@
 //!
 //! [config]                             # default configuration handed to the plugin
 //! chunk_chars = 8
+//!
+//! [overrides]                          # config keys a daemon request may change (default: none)
+//! allow = ["chunk_chars", "script"]    # dotted paths reach nested keys: "http.retry"
 //! ```
 //!
 //! Unknown fields are errors (a typo should not be silently ignored), and every error names the
@@ -171,6 +174,8 @@ pub struct Manifest {
     pub capabilities: Capabilities,
     /// Default configuration for the plugin's instances.
     pub config: serde_json::Value,
+    /// Config keys a daemon request may override (`[overrides] allow`); empty: none.
+    pub overridable: Vec<String>,
 }
 
 /// A manifest that could not be read or is invalid.
@@ -208,6 +213,14 @@ struct RawManifest {
     capabilities: Spanned<BTreeMap<Kind, Spanned<Vec<Mode>>>>,
     #[serde(default)]
     config: toml::Table,
+    #[serde(default)]
+    overrides: Option<RawOverrides>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverrides {
+    allow: Spanned<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -420,6 +433,17 @@ impl Manifest {
             )
         })?;
 
+        let overridable = match raw.overrides {
+            None => Vec::new(),
+            Some(o) => {
+                let span = o.allow.span();
+                let keys = o.allow.into_inner();
+                crate::overrides::validate_keys(&keys)
+                    .map_err(|m| err_at(Some(span), format!("field `overrides.allow`: {m}")))?;
+                keys
+            }
+        };
+
         Ok(Manifest {
             path: path.to_owned(),
             id: id.to_owned(),
@@ -430,6 +454,7 @@ impl Manifest {
             sha256,
             capabilities,
             config,
+            overridable,
         })
     }
 
@@ -557,6 +582,21 @@ nested = { a = 1 }
         .unwrap_err();
         assert!(e.message.contains("64 hex digits"), "{e}");
         assert_eq!(e.line, Some(7));
+    }
+
+    #[test]
+    fn overrides_are_dotted_key_paths() {
+        let m = parse(&format!(
+            "{GOOD}\n[overrides]\nallow = [\"chunk_chars\", \"nested.a\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(m.overridable, ["chunk_chars", "nested.a"]);
+        assert!(parse(GOOD).unwrap().overridable.is_empty());
+        let e = parse(&format!("{GOOD}\n[overrides]\nallow = [\"a..b\"]\n")).unwrap_err();
+        assert!(e.message.contains("field `overrides.allow`"), "{e}");
+        assert_eq!(e.line, Some(17), "{e}");
+        let e = parse(&format!("{GOOD}\n[overrides]\nallow = []\ndeny = []\n")).unwrap_err();
+        assert!(e.message.contains("unknown field `deny`"), "{e}");
     }
 
     #[test]

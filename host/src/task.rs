@@ -30,9 +30,18 @@
 //!
 //! Every event carries the task id and the id of the run. A run refused before it starts
 //! (missing capability, async-only listener on the sync path) publishes nothing.
+//!
+//! # Stopping a task from outside
+//!
+//! A runner that gives up on a task (its client went away, it ran too long, the host is shutting
+//! down) calls [`TaskStopper::stop`]: the run's `FinishTaskEvent` goes out at once with a
+//! [`TaskError::Stopped`] error, and nothing of that run is published after it. On the async
+//! path the runner drops the run's future first (which cancels the driver call); on the sync
+//! path the blocking thread sees the stop between two steps (or two stream deltas) and returns.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -99,6 +108,36 @@ pub enum TaskError {
         /// What was wrong.
         message: String,
     },
+    /// The runner stopped the task before it ended (see [`TaskStopper`]).
+    #[error("task stopped: {0}")]
+    Stopped(StopReason),
+}
+
+/// Why a runner stopped a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The caller went away (an HTTP client disconnected).
+    ClientGone,
+    /// The task ran longer than it may.
+    TimedOut {
+        /// The limit, in milliseconds.
+        after_ms: u64,
+    },
+    /// The host shut down before the task ended.
+    Shutdown,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::ClientGone => f.write_str("cancelled: the client went away"),
+            StopReason::TimedOut { after_ms } => write!(f, "timed out after {after_ms} ms"),
+            StopReason::Shutdown => {
+                f.write_str("abandoned: the host shut down before the task ended")
+            }
+        }
+    }
 }
 
 /// What a successful task produced.
@@ -205,6 +244,69 @@ pub struct RunContext {
     pub run_id: String,
     /// Where this run's events go.
     pub bus: Arc<EventBus>,
+    state: Arc<RunState>,
+}
+
+/// Whether a run's finish event has gone out, and whether a runner stopped it.
+#[derive(Debug, Default)]
+struct RunState {
+    finished: AtomicBool,
+    stopped: OnceLock<StopReason>,
+}
+
+impl RunContext {
+    /// Claims the run's one finish event: true for the first caller only.
+    fn claim_finish(&self) -> bool {
+        !self.state.finished.swap(true, Ordering::AcqRel)
+    }
+
+    fn is_finished(&self) -> bool {
+        self.state.finished.load(Ordering::Acquire)
+    }
+
+    /// The sync path's check between two steps.
+    fn check_stopped(&self) -> Result<(), TaskError> {
+        match self.state.stopped.get() {
+            Some(r) => Err(TaskError::Stopped(*r)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Ends a task's run from outside it (see the module docs). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TaskStopper {
+    task_id: String,
+    current: Arc<Mutex<Option<RunContext>>>,
+}
+
+impl TaskStopper {
+    /// Publishes the current run's `FinishTaskEvent` with a [`TaskError::Stopped`] error and
+    /// flushes the listener drivers, unless the run already finished (or never started).
+    /// Returns whether it published. Nothing of that run is published afterwards.
+    pub async fn stop(&self, reason: StopReason) -> bool {
+        let ctx = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(ctx) = ctx else {
+            return false;
+        };
+        let _ = ctx.state.stopped.set(reason);
+        if !ctx.claim_finish() {
+            return false;
+        }
+        let kind = EventKind::FinishTask {
+            output: None,
+            error: Some(TaskError::Stopped(reason).to_string()),
+            usage: Usage::default(),
+        };
+        let e = Event::new(self.task_id.clone(), ctx.run_id.clone(), kind);
+        ctx.bus.apublish_event(&e).await;
+        ctx.bus.aflush().await;
+        true
+    }
 }
 
 struct ToolFunction {
@@ -228,6 +330,8 @@ pub struct PromptTask {
     event_bus: Option<Arc<EventBus>>,
     stream: bool,
     runners: SubtaskRunners,
+    /// The run in progress, for [`TaskStopper`].
+    current: Arc<Mutex<Option<RunContext>>>,
 }
 
 impl std::fmt::Debug for PromptTask {
@@ -266,6 +370,7 @@ impl PromptTask {
             event_bus: None,
             stream: false,
             runners: SubtaskRunners::default(),
+            current: Arc::default(),
         }
     }
 
@@ -361,11 +466,22 @@ impl PromptTask {
         self.event_bus.clone().unwrap_or_else(EventBus::global)
     }
 
+    /// A handle that can stop this task's run from outside.
+    pub fn stopper(&self) -> TaskStopper {
+        TaskStopper {
+            task_id: self.id.clone(),
+            current: Arc::clone(&self.current),
+        }
+    }
+
     fn new_context(&self) -> RunContext {
-        RunContext {
+        let ctx = RunContext {
             run_id: uuid::Uuid::new_v4().simple().to_string(),
             bus: self.bus(),
-        }
+            state: Arc::default(),
+        };
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
+        ctx
     }
 
     fn event(&self, ctx: &RunContext, kind: EventKind) -> Event {
@@ -500,6 +616,9 @@ impl PromptTask {
         ctx: &RunContext,
         result: &Result<TaskOutput, TaskError>,
     ) -> Result<(), TaskError> {
+        if !ctx.claim_finish() {
+            return Ok(()); // a runner stopped the run and published its finish
+        }
         let e = self.event(ctx, self.finish_kind(result));
         let published = ctx.bus.publish_event(&e);
         ctx.bus.flush();
@@ -534,6 +653,7 @@ impl PromptTask {
         let mut m = self.machine()?;
         let mut next = m.start();
         loop {
+            ctx.check_stopped()?;
             next = match next {
                 Next::Prompt(req) => m.on_response(self.prompt_sync(ctx, &req)?),
                 Next::Actions(sub) => {
@@ -559,6 +679,9 @@ impl PromptTask {
     }
 
     fn publish(&self, ctx: &RunContext, kind: EventKind) -> Result<(), TaskError> {
+        if ctx.is_finished() {
+            return Ok(()); // stopped from outside: the run's events have ended
+        }
         Ok(ctx.bus.publish_event(&self.event(ctx, kind))?)
     }
 
@@ -575,6 +698,7 @@ impl PromptTask {
                 .and_then(|s| {
                     let mut agg = StreamAggregator::new(self.driver.plugin().id());
                     for delta in s.blocking_iter() {
+                        ctx.check_stopped()?;
                         if let Some(chunk) = agg.push(delta?) {
                             self.publish(ctx, chunk)?;
                         }
@@ -653,6 +777,9 @@ impl PromptTask {
 
     /// Publishes the finish event, remembers the run, and flushes the listener drivers.
     pub async fn async_after_run(&self, ctx: &RunContext, result: &Result<TaskOutput, TaskError>) {
+        if !ctx.claim_finish() {
+            return;
+        }
         let e = self.event(ctx, self.finish_kind(result));
         ctx.bus.apublish_event(&e).await;
         ctx.bus.aflush().await;
@@ -666,6 +793,7 @@ impl PromptTask {
         let mut m = self.machine()?;
         let mut next = m.start();
         loop {
+            ctx.check_stopped()?;
             next = match next {
                 Next::Prompt(req) => m.on_response(self.prompt_async(ctx, &req).await?),
                 Next::Actions(sub) => {
@@ -705,6 +833,9 @@ impl PromptTask {
     }
 
     async fn apublish(&self, ctx: &RunContext, kind: EventKind) {
+        if ctx.is_finished() {
+            return;
+        }
         ctx.bus.apublish_event(&self.event(ctx, kind)).await;
     }
 

@@ -146,6 +146,8 @@ pub struct ManifestSpec {
     pub capabilities: Vec<String>,
     /// Extra TOML appended (e.g. a `[config]` table).
     pub extra: String,
+    /// `[overrides] allow`: the config keys a daemon request may change.
+    pub overridable: Vec<String>,
 }
 
 impl ManifestSpec {
@@ -159,6 +161,7 @@ impl ManifestSpec {
             sha256: None,
             capabilities: Vec::new(),
             extra: String::new(),
+            overridable: Vec::new(),
         }
     }
 
@@ -183,6 +186,13 @@ impl ManifestSpec {
     /// Appends TOML (e.g. a `[config]` table).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
+        self
+    }
+
+    /// Lets daemon requests override these config keys (`[overrides] allow`).
+    pub fn overridable(mut self, keys: &[&str]) -> Self {
+        self.overridable
+            .extend(keys.iter().map(|k| (*k).to_owned()));
         self
     }
 
@@ -215,6 +225,10 @@ impl ManifestSpec {
             s.push('\n');
         }
         s.push_str(&self.extra);
+        if !self.overridable.is_empty() {
+            let keys: Vec<String> = self.overridable.iter().map(|k| format!("{k:?}")).collect();
+            s.push_str(&format!("\n[overrides]\nallow = [{}]\n", keys.join(", ")));
+        }
         s
     }
 
@@ -226,9 +240,12 @@ impl ManifestSpec {
     }
 }
 
-/// The scripted driver's manifest.
+/// The scripted driver's manifest; daemon requests may give its script and pacing, as with the
+/// first-party manifest.
 pub fn scripted(id: &str) -> ManifestSpec {
-    ManifestSpec::named(id, "scripted_driver").kind("prompt_driver", &["sync", "async", "stream"])
+    ManifestSpec::named(id, "scripted_driver")
+        .kind("prompt_driver", &["sync", "async", "stream"])
+        .overridable(&["script", "chunk_chars", "delay_ms", "echo_prefix"])
 }
 
 /// The panicky fixture's manifest.

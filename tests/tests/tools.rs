@@ -376,3 +376,56 @@ async fn file_manager_stays_inside_its_root_and_writes_atomically() {
     let out = call(&locked, "delete", json!({"path": "inside.txt"})).await;
     assert!(out.is_error && out.content.contains("deleting is disabled"));
 }
+
+/// Attacks on the root from inside it: a hard link made beforehand to a file outside (no path
+/// check can see where it leads), and a FIFO that would block a reading thread forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_manager_refuses_hard_links_and_special_files_without_blocking() {
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, "top secret").unwrap();
+    let root_dir = tempfile::tempdir().unwrap();
+    let root = root_dir.path().join("root");
+    let t = fm(&root, json!({}));
+    std::fs::hard_link(&secret, root.join("linked.txt")).unwrap();
+    let fifo = root.join("pipe");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    #[allow(unsafe_code)]
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo");
+
+    let started = std::time::Instant::now();
+    for (activity, path, needle) in [
+        ("read", "linked.txt", "has 2 hard links"),
+        ("append", "linked.txt", "has 2 hard links"),
+        ("write", "linked.txt", "has 2 hard links"),
+        ("read", "pipe", "is not a regular file"),
+        ("append", "pipe", "is not a regular file"),
+        ("write", "pipe", "is not a regular file"),
+    ] {
+        let mut input = json!({"path": path});
+        if activity != "read" {
+            input["content"] = json!("pwned");
+        }
+        let out = call(&t, activity, input).await;
+        assert!(
+            out.is_error && out.content.contains(needle),
+            "{activity} {path}: {}",
+            out.content
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "nothing blocked on the FIFO"
+    );
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "top secret");
+    let listing: Value = serde_json::from_str(&call(&t, "list", json!({})).await.content).unwrap();
+    let pipe = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "pipe")
+        .unwrap();
+    assert_eq!(pipe["type"], "special");
+}

@@ -10,11 +10,18 @@
 //! max_subtasks_cap = 50             # a request may not ask for more
 //! blocking_threads = 16             # bounded pool for sync-only drivers
 //! shutdown_grace_ms = 30000         # in-flight tasks get this long after SIGTERM/SIGINT
+//! header_timeout_ms = 10000         # to send a request's headers, from connecting or from the
+//!                                   # previous response (slow clients, idle keep-alive)
+//! allowed_origins = []              # web origins that may call the daemon (CORS); others: 403
+//! allowed_hosts = []                # Host names accepted besides loopback ones (DNS rebinding)
 //!
 //! [plugins]
 //! manifest_dirs = ["manifests"]     # relative to this file
 //! lib_dirs = []                     # searched before $GRIP_LIB_PATH and the grip executable's dir
 //! require_hash = false
+//!
+//! [plugins.overrides]               # config keys a request may change, per plugin; replaces
+//! openai = ["model", "temperature"] # the manifest's `[overrides] allow` (see host::overrides)
 //!
 //! [defaults]
 //! driver = "scripted"               # used when a request names none
@@ -79,6 +86,16 @@ pub struct ServerConfig {
     /// How long in-flight tasks get after a shutdown signal.
     #[serde(default = "d::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// How long a connection may take to send a request's headers, counted from its opening or
+    /// from the previous response; this also closes idle keep-alive connections.
+    #[serde(default = "d::header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Web origins (`https://app.example`) allowed to call the daemon from a browser.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Host names accepted in the `Host` header besides loopback addresses and `localhost`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +109,9 @@ impl Default for ServerConfig {
             max_subtasks_cap: d::max_subtasks_cap(),
             blocking_threads: d::blocking_threads(),
             shutdown_grace_ms: d::shutdown_grace_ms(),
+            header_timeout_ms: d::header_timeout_ms(),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -120,6 +140,9 @@ mod d {
     pub fn shutdown_grace_ms() -> u64 {
         30_000
     }
+    pub fn header_timeout_ms() -> u64 {
+        10_000
+    }
     pub fn manifest_dirs() -> Vec<std::path::PathBuf> {
         vec!["manifests".into()]
     }
@@ -141,6 +164,9 @@ pub struct PluginsConfig {
     /// Refuse manifests without a sha256.
     #[serde(default)]
     pub require_hash: bool,
+    /// Per plugin id: the config keys a request may override (replaces the manifest's list).
+    #[serde(default)]
+    pub overrides: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for PluginsConfig {
@@ -149,6 +175,7 @@ impl Default for PluginsConfig {
             manifest_dirs: d::manifest_dirs(),
             lib_dirs: Vec::new(),
             require_hash: false,
+            overrides: Default::default(),
         }
     }
 }
@@ -209,6 +236,10 @@ impl DaemonConfig {
                 e.message().lines().collect::<Vec<_>>().join(", "),
             )
         })?;
+        for (id, keys) in &config.plugins.overrides {
+            crate::overrides::validate_keys(keys)
+                .map_err(|m| err(None, None, format!("field `plugins.overrides.{id}`: {m}")))?;
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         for dir in config
             .plugins

@@ -9,8 +9,16 @@
 //! concurrent requests never see each other's events. The path is chosen per driver: async when
 //! it has the capability, else the sync path on a bounded pool of blocking threads; the
 //! `x-grip-path` header says which ran. A client that goes away cancels its task (and with it
-//! the upstream request) on the async path; a sync-path task cannot be interrupted and runs to
-//! its end or its timeout, its result discarded.
+//! the upstream request) on the async path; a sync-path task stops at its next step (a driver
+//! call in progress on a blocking thread cannot be interrupted).
+//!
+//! Every task that started ends with its `FinishTaskEvent`, to every listener and to an SSE
+//! client still connected: with the output, or the error, including "cancelled: the client went
+//! away", "timed out after N ms" and "abandoned: the host shut down" (see
+//! [`crate::task::TaskStopper`]).
+//!
+//! What a request may do is bounded by the operator: see [`guard`] (Host, Origin, Content-Type),
+//! [`crate::overrides`] (the config keys a request may change) and the README's security model.
 //!
 //! Errors are `{"error": {"type", "message"}}` with fitting statuses: 400 malformed or invalid
 //! request (the message names the field), 401 auth, 404 unknown plugin, 413 body too large, 422
@@ -18,12 +26,15 @@
 //! failures and timeouts.
 
 pub mod config;
+mod conn;
+pub mod guard;
 pub mod metrics;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -37,7 +48,8 @@ use futures::StreamExt;
 use plugin_api::wire::{Event, EventKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use config::DaemonConfig;
@@ -46,8 +58,10 @@ use metrics::Metrics;
 use crate::error::{CallError, ErrorKind};
 use crate::events::{EventBus, EventListener, HandlerResult};
 use crate::manifest::{Kind, Mode};
+use crate::plugin::Plugin;
 use crate::registry::Registry;
-use crate::task::{PromptTask, TaskError, TaskOutput};
+use crate::task::{PromptTask, StopReason, TaskError, TaskOutput};
+use guard::GuardPolicy;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +84,20 @@ pub struct AppState {
     blocking_permits: Arc<Semaphore>,
     metrics: Metrics,
     global_listeners: Vec<EventListener>,
+    guard: GuardPolicy,
+    /// Set at the end of the shutdown grace: every task still running stops.
+    shutdown: watch::Sender<bool>,
+    /// The running tasks, awaited at shutdown.
+    tasks: TaskTracker,
+    /// Tasks stopped because the host shut down.
+    abandoned: AtomicUsize,
+}
+
+/// How [`serve`] ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Tasks still running at the end of the shutdown grace, stopped with an error.
+    pub abandoned: usize,
 }
 
 impl std::fmt::Debug for AppState {
@@ -124,7 +152,17 @@ impl AppState {
                 EventListener::new(format!("global:{}", l.plugin)).driver(handle, l.batch_size),
             );
         }
+        warn_about_sensitive_overrides(&registry, &config);
+        let guard = GuardPolicy::new(
+            addr.ip().is_loopback(),
+            &config.server.allowed_hosts,
+            &config.server.allowed_origins,
+        );
         Ok(Self {
+            guard,
+            shutdown: watch::Sender::new(false),
+            tasks: TaskTracker::new(),
+            abandoned: AtomicUsize::new(0),
             task_permits: Arc::new(Semaphore::new(config.server.max_concurrent_tasks.max(1))),
             blocking_permits: Arc::new(Semaphore::new(config.server.blocking_threads.max(1))),
             metrics: Metrics::default(),
@@ -155,6 +193,24 @@ impl AppState {
         &self.registry
     }
 
+    /// The config keys a request may override for `plugin`: the daemon config's list for it,
+    /// else the manifest's; and where that list is set, for error messages.
+    pub fn overridable<'a>(&'a self, plugin: &'a Plugin) -> (&'a [String], String) {
+        match self.config.plugins.overrides.get(plugin.id()) {
+            Some(keys) => (
+                keys,
+                format!("`[plugins.overrides] {}` in the daemon config", plugin.id()),
+            ),
+            None => (
+                &plugin.manifest().overridable,
+                format!(
+                    "`[overrides] allow` in {}",
+                    plugin.manifest().path.display()
+                ),
+            ),
+        }
+    }
+
     /// Flushes the global listener drivers (at shutdown).
     pub async fn flush_listeners(&self) {
         let bus = Arc::new(EventBus::new());
@@ -164,6 +220,29 @@ impl AppState {
             .map(|l| bus.add_listener(l.clone()))
             .collect();
         bus.aflush().await;
+    }
+}
+
+/// Logs a warning for each allowed override that names a URL, a secret, a file or a resource
+/// size: the operator may mean it, but should know.
+fn warn_about_sensitive_overrides(registry: &Registry, config: &DaemonConfig) {
+    for p in registry.plugins() {
+        let keys = config
+            .plugins
+            .overrides
+            .get(p.id())
+            .unwrap_or(&p.manifest().overridable);
+        for k in keys.iter().filter(|k| crate::overrides::is_sensitive(k)) {
+            tracing::warn!(
+                plugin = p.id(),
+                "requests may override `{k}`: a caller can then choose a URL, a secret's name, a file or a resource size"
+            );
+        }
+    }
+    for id in config.plugins.overrides.keys() {
+        if registry.get(id).is_none() {
+            tracing::warn!("[plugins.overrides] names `{id}`, which is not loaded");
+        }
     }
 }
 
@@ -180,11 +259,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(protected)
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            guard::guard,
+        ))
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish for up to the grace
-/// period, and flushes the global listeners.
+/// Serves until `shutdown` resolves; then lets in-flight tasks finish for up to the grace
+/// period, stops the ones still running (each publishes its `FinishTaskEvent` with the error),
+/// lets open responses end, and flushes the global listeners. Idle and half-open connections
+/// do not hold the shutdown up: only tasks do.
 ///
 /// # Errors
 /// When the server fails.
@@ -192,30 +277,40 @@ pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), DaemonError> {
+) -> Result<Served, DaemonError> {
     let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let header_timeout = Duration::from_millis(state.config.server.header_timeout_ms.max(1));
     let app = router(Arc::clone(&state));
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutdown requested: no new connections; waiting for in-flight tasks");
-        let _ = signalled_tx.send(());
-    });
-    let deadline = async move {
-        if signalled_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            futures::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        r = server => r?,
-        () = deadline => tracing::warn!("shutdown grace period of {} ms is over; abandoning in-flight tasks", grace.as_millis()),
+    let connections = conn::accept_until(listener, app, header_timeout, shutdown).await;
+    tracing::info!("shutdown requested: no new connections; waiting for in-flight tasks");
+    state.tasks.close();
+    if tokio::time::timeout(grace, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "shutdown grace period of {} ms is over; stopping {} in-flight task(s)",
+            grace.as_millis(),
+            state.tasks.len()
+        );
+        state.shutdown.send_replace(true);
+        // Stopping is prompt (a dropped future, or a thread left behind); this bounds a
+        // listener that hangs while taking the finish events.
+        let _ = tokio::time::timeout(STOP_WAIT, state.tasks.wait()).await;
     }
+    // The tasks are done; their responses (an SSE stream's last event) still have to go out.
+    let _ = tokio::time::timeout(STOP_WAIT, connections.shutdown()).await;
     state.flush_listeners().await;
+    let abandoned = state.abandoned.load(Ordering::Relaxed) + state.tasks.len();
+    if abandoned > 0 {
+        tracing::warn!("{abandoned} task(s) abandoned at shutdown");
+    }
     tracing::info!("listeners flushed; bye");
-    Ok(())
+    Ok(Served { abandoned })
 }
+
+/// How long shutdown waits for stopped tasks to end, and then for their responses to go out.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
@@ -318,23 +413,19 @@ struct TaskRequest {
     rules: Vec<String>,
 }
 
-/// Aborts the spawned task when the response (or the handler future) is dropped: the client
-/// went away.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// How a task run ended, as the spawned future reports it.
 enum Ended {
+    /// The task ran to its end (its own finish event went out).
     Done(Result<TaskOutput, TaskError>),
-    TimedOut,
+    /// The daemon stopped it (its finish event went out with the reason).
+    Stopped(StopReason),
 }
 
-fn task_error_response(e: &TaskError, task_id: &str) -> Response {
+/// The text that replaces a driver error when the request chose the URL: what the upstream
+/// said may be an internal service's reply, and the caller may not read it.
+const WITHHELD: &str = "the upstream's reply is withheld because this request chose the URL";
+
+fn task_error_response(e: &TaskError, task_id: &str, withhold: bool) -> Response {
     let (status, kind) = match e {
         TaskError::Driver(CallError {
             kind: ErrorKind::Timeout,
@@ -350,14 +441,39 @@ fn task_error_response(e: &TaskError, task_id: &str) -> Response {
             (StatusCode::UNPROCESSABLE_ENTITY, "missing_capability")
         }
         TaskError::InvalidOutputSchema(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        TaskError::Stopped(StopReason::TimedOut { .. }) => {
+            (StatusCode::GATEWAY_TIMEOUT, "task_timeout")
+        }
+        TaskError::Stopped(StopReason::Shutdown) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+        }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
-    let body = json!({"error": {"type": kind, "message": e.to_string()}, "task_id": task_id});
+    let message = match e {
+        TaskError::Driver(c) if withhold => format!(
+            "prompt driver `{}` {} failed ({} error): {WITHHELD}",
+            c.plugin, c.operation, c.kind
+        ),
+        TaskError::Stream { plugin, .. } if withhold => {
+            format!("prompt driver `{plugin}` stream failed: {WITHHELD}")
+        }
+        _ => e.to_string(),
+    };
+    let body = json!({"error": {"type": kind, "message": message}, "task_id": task_id});
     (status, axum::Json(body)).into_response()
 }
 
+/// A request turned into a task, ready to run.
+struct Prepared {
+    task: PromptTask,
+    use_async: bool,
+    driver_id: String,
+    /// The request chose a URL (an allowed override): withhold upstream error text from it.
+    withhold: bool,
+}
+
 #[allow(clippy::result_large_err)] // a Response is the error here, built once per request
-fn prepare(state: &AppState, body: &Bytes) -> Result<(PromptTask, bool, String), Response> {
+fn prepare(state: &AppState, body: &Bytes) -> Result<Prepared, Response> {
     let bad = |msg: String| api_error(StatusCode::BAD_REQUEST, "invalid_request", msg);
     let de = &mut serde_json::Deserializer::from_slice(body);
     let req: TaskRequest = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -417,6 +533,13 @@ fn prepare(state: &AppState, body: &Bytes) -> Result<(PromptTask, bool, String),
             "stream: prompt driver `{driver_id}` lacks the `stream` capability"
         )));
     }
+    let withhold = match &req.config {
+        Some(c) => {
+            check_overrides(state, plugin, c).map_err(bad)?;
+            crate::overrides::chooses_url(c)
+        }
+        None => false,
+    };
     let use_async = plugin.can(Kind::PromptDriver, Mode::Async);
     let driver = plugin.new_driver(req.config.as_ref()).map_err(|e| {
         state.metrics.plugin_error(&driver_id);
@@ -442,7 +565,29 @@ fn prepare(state: &AppState, body: &Bytes) -> Result<(PromptTask, bool, String),
     for r in req.rules {
         task = task.rule(r);
     }
-    Ok((task, use_async, driver_id))
+    Ok(Prepared {
+        task,
+        use_async,
+        driver_id,
+        withhold,
+    })
+}
+
+/// The allowlist check of a request's `config` (see [`crate::overrides`]).
+fn check_overrides(state: &AppState, plugin: &Plugin, config: &Value) -> Result<(), String> {
+    let (allow, source) = state.overridable(plugin);
+    let Some(key) = crate::overrides::refused_key(allow, config) else {
+        return Ok(());
+    };
+    let allowed = if allow.is_empty() {
+        "it allows none".to_owned()
+    } else {
+        format!("it allows {}", allow.join(", "))
+    };
+    Err(format!(
+        "field `config.{key}`: requests may not change `{key}` of plugin `{}` ({allowed}); the operator can allow it with {source}",
+        plugin.id()
+    ))
 }
 
 /// A sync listener feeding the metrics (events, upstream latency) and, for a streaming
@@ -474,19 +619,69 @@ fn request_listener(
             _ => {}
         }
         if let Some(tx) = &relay {
-            // The client may be gone; the task then gets cancelled, nothing to do here.
+            // The client may be gone; the task then gets stopped, nothing to do here.
             let _ = tx.send(e);
         }
         Ok(None)
     })
 }
 
-fn sse_frame(event: &Event) -> Bytes {
+/// One SSE frame; with `withhold`, driver error text in finish events is replaced.
+fn sse_frame(event: &Event, withhold: bool) -> Bytes {
+    let redacted;
+    let event = match &event.kind {
+        EventKind::FinishPrompt {
+            error: Some(_),
+            output,
+            usage,
+        } if withhold => {
+            redacted = Event {
+                kind: EventKind::FinishPrompt {
+                    output: output.clone(),
+                    usage: *usage,
+                    error: Some(WITHHELD.into()),
+                },
+                ..event.clone()
+            };
+            &redacted
+        }
+        EventKind::FinishTask {
+            error: Some(e),
+            output,
+            usage,
+        } if withhold && !e.starts_with("task stopped:") => {
+            redacted = Event {
+                kind: EventKind::FinishTask {
+                    output: output.clone(),
+                    usage: *usage,
+                    error: Some(WITHHELD.into()),
+                },
+                ..event.clone()
+            };
+            &redacted
+        }
+        _ => event,
+    };
     let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
     Bytes::from(format!(
         "event: {}\ndata: {data}\n\n",
         event.kind.type_name()
     ))
+}
+
+fn overloaded(state: &AppState) -> Response {
+    state.metrics.outcome("rejected");
+    let mut r = api_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "overloaded",
+        format!(
+            "{} tasks are running, the most this server runs at once; retry later",
+            state.config.server.max_concurrent_tasks
+        ),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 async fn run_task(
@@ -507,27 +702,21 @@ async fn run_task(
         }
         Err(e) => return api_error(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()),
     };
-    let (task, use_async, driver_id) = match prepare(&state, &body) {
+    let prepared = match prepare(&state, &body) {
         Ok(t) => t,
         Err(r) => return r,
     };
     let Ok(permit) = Arc::clone(&state.task_permits).try_acquire_owned() else {
-        state.metrics.outcome("rejected");
-        let mut r = api_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "overloaded",
-            format!(
-                "{} tasks are running, the most this server runs at once; retry later",
-                state.config.server.max_concurrent_tasks
-            ),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
+        return overloaded(&state);
     };
+    let Prepared {
+        task,
+        use_async,
+        driver_id,
+        withhold,
+    } = prepared;
 
-    let streaming = task.is_streaming();
-    let (relay_tx, relay_rx) = if streaming {
+    let (relay_tx, relay_rx) = if task.is_streaming() {
         let (tx, rx) = mpsc::unbounded_channel();
         (Some(tx), Some(rx))
     } else {
@@ -545,90 +734,31 @@ async fn run_task(
     let task_id = task.id().to_owned();
     let path = if use_async { "async" } else { "sync" };
     let span = tracing::info_span!("task", task_id = %task_id, driver = %driver_id, path);
-    let timeout = Duration::from_millis(state.config.server.task_timeout_ms);
-
+    // Dropped with the response (or the handler, when the client goes away first).
+    let (client_tx, client_rx) = oneshot::channel::<()>();
     let st = Arc::clone(&state);
     let run = async move {
         let _permit = permit;
         let _guards = guards;
-        let mut tracker = Tracker::new(Arc::clone(&st));
-        let started = Instant::now();
-        tracing::info!("task started");
-        let ended = if use_async {
-            match tokio::time::timeout(timeout, task.async_run()).await {
-                Ok(r) => Ended::Done(r),
-                Err(_) => Ended::TimedOut,
-            }
-        } else {
-            let blocking = Arc::clone(&st.blocking_permits).acquire_owned().await;
-            let handle = tokio::task::spawn_blocking(move || {
-                let _blocking = blocking;
-                task.run()
-            });
-            match tokio::time::timeout(timeout, handle).await {
-                Ok(Ok(r)) => Ended::Done(r),
-                Ok(Err(join)) => Ended::Done(Err(TaskError::Stream {
-                    plugin: "host".into(),
-                    message: format!("the task thread failed: {join}"),
-                })),
-                Err(_) => Ended::TimedOut,
-            }
-        };
-        tracker.finished = true;
-        st.metrics
-            .task_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match &ended {
-            Ended::Done(Ok(_)) => {
-                st.metrics.outcome("ok");
-                tracing::info!(
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "task finished"
-                );
-            }
-            Ended::Done(Err(e)) => {
-                st.metrics.outcome("error");
-                if let TaskError::Driver(c) = e {
-                    st.metrics.plugin_error(&c.plugin);
-                }
-                tracing::warn!("task failed: {e}");
-            }
-            Ended::TimedOut => {
-                st.metrics.outcome("timeout");
-                tracing::warn!("task timed out after {} ms", timeout.as_millis());
-            }
-        }
-        ended
+        run_to_end(st, task, use_async, client_rx).await
     };
-    let join = tokio::spawn(run.instrument(span));
-    let abort = AbortOnDrop(join.abort_handle());
+    let join = state.tasks.spawn(run.instrument(span));
 
     let path_header = HeaderValue::from_static(path);
     if let Some(mut rx) = relay_rx {
-        let stream_task_id = task_id.clone();
         let body = async_stream_body(move |tx| async move {
-            let _abort = abort;
+            let _client = client_tx;
             while let Some(event) = rx.recv().await {
-                if tx.send(Ok(sse_frame(&event))).await.is_err() {
+                let last = matches!(event.kind, EventKind::FinishTask { .. });
+                if tx.send(Ok(sse_frame(&event, withhold))).await.is_err() {
                     return;
                 }
+                if last {
+                    break;
+                }
             }
-            let ended = join.await;
-            let error = match ended {
-                Ok(Ended::Done(_)) => None,
-                Ok(Ended::TimedOut) => Some((
-                    "task_timeout",
-                    format!("the task ran longer than {} ms", timeout.as_millis()),
-                )),
-                Err(e) => Some(("internal", format!("the task failed: {e}"))),
-            };
-            if let Some((kind, message)) = error {
-                let data =
-                    json!({"error": {"type": kind, "message": message}, "task_id": stream_task_id});
-                let _ = tx
-                    .send(Ok(Bytes::from(format!("event: error\ndata: {data}\n\n"))))
-                    .await;
-            }
+            // The run's end: its listeners flushed (kept waiting, the client counts as here).
+            let _ = join.await;
         });
         let mut r = Response::new(body);
         let h = r.headers_mut();
@@ -645,8 +775,9 @@ async fn run_task(
         return r;
     }
 
-    let _abort = abort;
-    let mut r = match join.await {
+    let ended = join.await;
+    drop(client_tx);
+    let mut r = match ended {
         Ok(Ended::Done(Ok(out))) => axum::Json(json!({
             "task_id": task_id,
             "output": out.text,
@@ -656,12 +787,10 @@ async fn run_task(
             "path": path,
         }))
         .into_response(),
-        Ok(Ended::Done(Err(e))) => task_error_response(&e, &task_id),
-        Ok(Ended::TimedOut) => api_error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "task_timeout",
-            format!("the task ran longer than {} ms", timeout.as_millis()),
-        ),
+        Ok(Ended::Done(Err(e))) => task_error_response(&e, &task_id, withhold),
+        Ok(Ended::Stopped(reason)) => {
+            task_error_response(&TaskError::Stopped(reason), &task_id, withhold)
+        }
         Err(e) => api_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -672,8 +801,66 @@ async fn run_task(
     r
 }
 
-/// Keeps the in-flight gauge right, and counts a task dropped before it ended (its client
-/// went away) as cancelled.
+/// Runs `task` on its path until it ends, or until its client goes away, its time is up or the
+/// host shuts down: then the work is dropped (a sync-path thread is left to stop at its next
+/// step) and the task's finish event goes out with the reason.
+async fn run_to_end(
+    state: Arc<AppState>,
+    task: PromptTask,
+    use_async: bool,
+    client_gone: oneshot::Receiver<()>,
+) -> Ended {
+    let timeout = Duration::from_millis(state.config.server.task_timeout_ms);
+    let stopper = task.stopper();
+    let mut shutdown = state.shutdown.subscribe();
+    let tracker = Tracker::new(Arc::clone(&state));
+    let started = Instant::now();
+    tracing::info!("task started");
+    let work = async {
+        if use_async {
+            task.async_run().await
+        } else {
+            let blocking = Arc::clone(&state.blocking_permits).acquire_owned().await;
+            let task = task.clone();
+            tokio::task::spawn_blocking(move || {
+                let _blocking = blocking;
+                task.run()
+            })
+            .await
+            .unwrap_or_else(|join| {
+                Err(TaskError::Stream {
+                    plugin: "host".into(),
+                    message: format!("the task thread failed: {join}"),
+                })
+            })
+        }
+    };
+    let stop = async {
+        tokio::select! {
+            () = tokio::time::sleep(timeout) => StopReason::TimedOut {
+                after_ms: timeout.as_millis() as u64,
+            },
+            _ = client_gone => StopReason::ClientGone,
+            _ = shutdown.wait_for(|s| *s) => StopReason::Shutdown,
+        }
+    };
+    let outcome = tokio::select! {
+        r = work => Ok(r),
+        reason = stop => Err(reason),
+    };
+    let ended = match outcome {
+        Ok(r) => Ended::Done(r),
+        Err(reason) => {
+            // The work future is dropped by now: nothing else publishes for this run.
+            stopper.stop(reason).await;
+            Ended::Stopped(reason)
+        }
+    };
+    tracker.finish(&ended, started);
+    ended
+}
+
+/// Keeps the in-flight gauge right and records each task's outcome.
 struct Tracker {
     state: Arc<AppState>,
     finished: bool,
@@ -687,6 +874,39 @@ impl Tracker {
             finished: false,
         }
     }
+
+    fn finish(mut self, ended: &Ended, started: Instant) {
+        self.finished = true;
+        let m = &self.state.metrics;
+        m.task_seconds.observe(started.elapsed().as_secs_f64());
+        match ended {
+            Ended::Done(Ok(_)) => {
+                m.outcome("ok");
+                tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "task finished"
+                );
+            }
+            Ended::Done(Err(e)) => {
+                m.outcome("error");
+                if let TaskError::Driver(c) = e {
+                    m.plugin_error(&c.plugin);
+                }
+                tracing::warn!("task failed: {e}");
+            }
+            Ended::Stopped(reason) => {
+                m.outcome(match reason {
+                    StopReason::ClientGone => "cancelled",
+                    StopReason::TimedOut { .. } => "timeout",
+                    _ => "abandoned",
+                });
+                if *reason == StopReason::Shutdown {
+                    self.state.abandoned.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!("task {reason}");
+            }
+        }
+    }
 }
 
 impl Drop for Tracker {
@@ -694,7 +914,6 @@ impl Drop for Tracker {
         self.state.metrics.in_flight.dec();
         if !self.finished {
             self.state.metrics.outcome("cancelled");
-            tracing::info!("client went away: task cancelled");
         }
     }
 }

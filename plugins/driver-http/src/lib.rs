@@ -96,6 +96,63 @@ mod defaults {
     }
 }
 
+impl HttpConfig {
+    /// The sizes that bound how long one task may hold a connection and a slot, checked when a
+    /// driver is made: a day-long timeout or a thousand retries is a mistake (or an attack).
+    ///
+    /// # Errors
+    /// A config error naming the key and its range.
+    pub fn check(&self) -> Result<(), PluginError> {
+        const HOUR_MS: u64 = 3_600_000;
+        let ranges: [(&str, u64, u64, u64); 6] = [
+            (
+                "http.connect_timeout_ms",
+                self.connect_timeout_ms,
+                1,
+                300_000,
+            ),
+            (
+                "http.request_timeout_ms",
+                self.request_timeout_ms,
+                1,
+                HOUR_MS,
+            ),
+            (
+                "http.stream_idle_timeout_ms",
+                self.stream_idle_timeout_ms,
+                1,
+                HOUR_MS,
+            ),
+            (
+                "http.retry.max_retries",
+                u64::from(self.retry.max_retries),
+                0,
+                10,
+            ),
+            (
+                "http.retry.initial_backoff_ms",
+                self.retry.initial_backoff_ms,
+                0,
+                300_000,
+            ),
+            (
+                "http.retry.max_backoff_ms",
+                self.retry.max_backoff_ms,
+                0,
+                300_000,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(PluginError::config(format!(
+                    "`{key}` = {value} is out of range: {min} to {max}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl RetryPolicy {
     /// The wait before retry number `retry` (0-based): `initial * 2^retry`, capped, with jitter
     /// in [50%, 100%].
@@ -522,6 +579,7 @@ impl Endpoint {
         http: &HttpConfig,
         key_env: &str,
     ) -> Result<Self, PluginError> {
+        http.check()?;
         let base = base_url.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(PluginError::config(format!(

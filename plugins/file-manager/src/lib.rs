@@ -12,9 +12,16 @@
 //! root, or if it resolves outside the root through a symbolic link (the deepest existing part
 //! of the path is canonicalised and must stay under the canonical root). Writes are atomic: the
 //! content goes to a temporary file in the same directory, which is then renamed over the target.
+//!
+//! Only regular files with a single link are read, appended to or replaced: a hard link made
+//! beforehand could name a file outside the root (no path check sees it), and a FIFO, socket or
+//! device could block a thread forever or do something other than store bytes. Files are opened
+//! with `O_NONBLOCK | O_NOFOLLOW` and checked again on the open handle, so a swap between the
+//! check and the open gains nothing.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use plugin_api::prelude::*;
@@ -51,6 +58,36 @@ pub struct FileManager {
 type R<T> = Result<T, String>;
 
 const MAX_LIST: usize = 1000;
+
+/// Refuses anything but a regular file with one link (see the module docs).
+fn check_regular(meta: &fs::Metadata, rel: &str) -> R<()> {
+    if !meta.file_type().is_file() {
+        return Err(format!(
+            "`{rel}` is not a regular file (a FIFO, socket or device); only regular files are used"
+        ));
+    }
+    if meta.nlink() > 1 {
+        return Err(format!(
+            "`{rel}` has {} hard links; a file linked from elsewhere is refused",
+            meta.nlink()
+        ));
+    }
+    Ok(())
+}
+
+/// Opens an existing file without blocking or following a last symbolic link, and checks the
+/// open handle itself.
+fn open_regular(path: &Path, rel: &str, opts: &mut fs::OpenOptions) -> R<fs::File> {
+    let f = opts
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("cannot open `{rel}`: {e}"))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot open `{rel}`: {e}"))?;
+    check_regular(&meta, rel)?;
+    Ok(f)
+}
 
 impl FileManager {
     /// Resolves `rel` under the root, refusing every way out of it.
@@ -125,7 +162,8 @@ impl FileManager {
             let kind = match entry.file_type() {
                 Ok(t) if t.is_symlink() => "symlink",
                 Ok(t) if t.is_dir() => "dir",
-                Ok(_) => "file",
+                Ok(t) if t.is_file() => "file",
+                Ok(_) => "special",
                 Err(_) => "unknown",
             };
             entries.push(json!({
@@ -140,18 +178,23 @@ impl FileManager {
 
     fn read(&self, rel: &str) -> R<String> {
         let path = self.resolve(rel)?;
-        let meta = fs::metadata(&path).map_err(|e| format!("cannot read `{rel}`: {e}"))?;
+        let meta = fs::symlink_metadata(&path).map_err(|e| format!("cannot read `{rel}`: {e}"))?;
         if meta.is_dir() {
             return Err(format!("`{rel}` is a directory: use `list`"));
         }
-        if meta.len() > self.config.max_read_bytes {
+        check_regular(&meta, rel)?;
+        let f = open_regular(&path, rel, fs::OpenOptions::new().read(true))?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len > self.config.max_read_bytes {
             return Err(format!(
-                "`{rel}` is {} bytes; the read limit is {} bytes",
-                meta.len(),
+                "`{rel}` is {len} bytes; the read limit is {} bytes",
                 self.config.max_read_bytes
             ));
         }
-        let bytes = fs::read(&path).map_err(|e| format!("cannot read `{rel}`: {e}"))?;
+        let mut bytes = Vec::new();
+        f.take(self.config.max_read_bytes)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read `{rel}`: {e}"))?;
         String::from_utf8(bytes).map_err(|_| format!("`{rel}` is not UTF-8 text"))
     }
 
@@ -170,6 +213,9 @@ impl FileManager {
         let path = self.resolve(rel)?;
         if path == self.root || path.is_dir() {
             return Err(format!("`{rel}` is a directory"));
+        }
+        if let Ok(meta) = fs::symlink_metadata(&path) {
+            check_regular(&meta, rel)?;
         }
         let parent = path
             .parent()
@@ -200,7 +246,16 @@ impl FileManager {
     fn append(&self, rel: &str, content: &str) -> R<String> {
         self.check_size(content)?;
         let path = self.target_for_write(rel)?;
-        let current = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let mut f = if path.exists() {
+            open_regular(&path, rel, fs::OpenOptions::new().append(true))?
+        } else {
+            fs::OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("cannot append to `{rel}`: {e}"))?
+        };
+        let current = f.metadata().map(|m| m.len()).unwrap_or(0);
         if current + content.len() as u64 > self.config.max_write_bytes {
             return Err(format!(
                 "appending would make `{rel}` {} bytes; the limit is {} bytes",
@@ -208,11 +263,6 @@ impl FileManager {
                 self.config.max_write_bytes
             ));
         }
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("cannot append to `{rel}`: {e}"))?;
         f.write_all(content.as_bytes())
             .map_err(|e| format!("cannot append to `{rel}`: {e}"))?;
         Ok(format!(

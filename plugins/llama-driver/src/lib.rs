@@ -4,14 +4,19 @@
 //! [config]
 //! model_path = "/path/to/model.gguf"   # any GGUF chat model; the host fills it in from
 //!                                      # `model_source` (see host::models) when absent
-//! n_ctx = 2048                         # context window, in tokens
-//! max_tokens = 256                     # generated tokens at most
+//! n_ctx = 2048                         # context window, in tokens (64 to 32768, and at most
+//!                                      # what the model was trained for)
+//! max_tokens = 256                     # generated tokens at most (1 to n_ctx)
 //! temperature = 0.7                    # 0 = greedy
 //! top_p = 0.9
 //! seed = 1234
 //! stop = []                            # extra stop sequences
-//! threads = 0                          # 0 = one per core
+//! threads = 0                          # 0 = one per core; more than the cores is refused
 //! ```
+//!
+//! The sizes are checked when a driver is made, with an error naming the key: a context of
+//! 65536 tokens costs gigabytes, and more threads than cores trips an assertion inside
+//! llama.cpp that ends the process.
 //!
 //! Sync, async (generation always on a blocking thread, never on an async worker) and stream
 //! (one text delta per sampled token). The model's own chat template formats the prompt stack.
@@ -82,6 +87,58 @@ fn d_seed() -> u32 {
     1234
 }
 
+/// The largest context window accepted, whatever the model was trained for (memory grows with it).
+const MAX_N_CTX: u32 = 32_768;
+
+fn cores() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(2)
+}
+
+impl Config {
+    /// The resource sizes, checked before anything is allocated.
+    fn check_sizes(&self) -> Result<(), PluginError> {
+        let cores = cores();
+        if self.threads > cores {
+            return Err(PluginError::config(format!(
+                "`threads` = {} is more than this machine's {cores} cores (0 uses them all)",
+                self.threads
+            )));
+        }
+        if !(64..=MAX_N_CTX).contains(&self.n_ctx) {
+            return Err(PluginError::config(format!(
+                "`n_ctx` = {} is out of range: 64 to {MAX_N_CTX} tokens",
+                self.n_ctx
+            )));
+        }
+        if self.max_tokens == 0 || self.max_tokens > self.n_ctx {
+            return Err(PluginError::config(format!(
+                "`max_tokens` = {} is out of range: 1 to n_ctx ({})",
+                self.max_tokens, self.n_ctx
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses anything but a GGUF file before llama.cpp's parser sees it.
+fn check_gguf(path: &std::path::Path) -> Result<(), PluginError> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let ok = std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok();
+    if ok && &magic == b"GGUF" {
+        Ok(())
+    } else {
+        Err(PluginError::config(format!(
+            "model file {} is not a readable GGUF file",
+            path.display()
+        )))
+    }
+}
+
 fn backend() -> Result<&'static LlamaBackend, PluginError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
@@ -110,6 +167,7 @@ fn model(path: &PathBuf) -> Result<Arc<LlamaModel>, PluginError> {
             path.display()
         )));
     }
+    check_gguf(path)?;
     let m = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default()).map_err(
         |e| PluginError::config(format!("cannot load the model {}: {e}", path.display())),
     )?;
@@ -172,8 +230,9 @@ fn generate(
         .map_err(|e| PluginError::invalid_input(format!("cannot apply the chat template: {e}")))?;
     let vocab = model.vocab();
     let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
-    let n_ctx = config.n_ctx.max(64);
-    if tokens.len() as u32 + config.max_tokens > n_ctx {
+    let n_ctx = config.n_ctx;
+    // In u64: a u32 sum of prompt and max_tokens could wrap and pass.
+    if tokens.len() as u64 + u64::from(config.max_tokens) > u64::from(n_ctx) {
         return Err(PluginError::invalid_input(format!(
             "the prompt is {} tokens; with max_tokens {} it does not fit the {n_ctx}-token context",
             tokens.len(),
@@ -191,9 +250,7 @@ fn generate(
     let threads = if config.threads > 0 {
         config.threads
     } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(2)
+        cores()
     } as i32;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
@@ -346,10 +403,15 @@ impl PromptDriver for LlamaDriver {
                 "`model_path` is not set: give a GGUF file, or a `model_source` for the host to fetch",
             )
         })?;
-        if config.max_tokens == 0 {
-            return Err(PluginError::config("`max_tokens` must be at least 1"));
-        }
+        config.check_sizes()?;
         let model = model(&path)?;
+        let trained = model.n_ctx_train();
+        if config.n_ctx > trained {
+            return Err(PluginError::config(format!(
+                "`n_ctx` = {} is more than the {trained} tokens this model was trained for",
+                config.n_ctx
+            )));
+        }
         Ok(Self {
             config: Arc::new(config),
             model,
@@ -416,4 +478,47 @@ plugin_api::export_plugin! {
     id: "local",
     description: "A real model in-process on llama.cpp (default: SmolLM2-135M-Instruct); no key, no network",
     driver: LlamaDriver,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: serde_json::Value) -> Config {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn resource_sizes_are_bounded_without_overflow() {
+        assert!(config(serde_json::json!({})).check_sizes().is_ok());
+        let cases = [
+            (serde_json::json!({"threads": 400}), "`threads` = 400"),
+            (serde_json::json!({"n_ctx": 65536}), "`n_ctx` = 65536"),
+            (serde_json::json!({"n_ctx": 8}), "`n_ctx` = 8"),
+            (
+                serde_json::json!({"max_tokens": 4294967295u32}),
+                "`max_tokens` = 4294967295",
+            ),
+            (serde_json::json!({"max_tokens": 0}), "`max_tokens` = 0"),
+        ];
+        for (json, needle) in cases {
+            let e = config(json.clone()).check_sizes().unwrap_err();
+            assert!(e.message.contains(needle), "{json} -> {}", e.message);
+        }
+    }
+
+    #[test]
+    fn only_gguf_files_reach_llama_cpp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("passwd");
+        std::fs::write(&p, "root:x:0:0::/root:/bin/sh\n").unwrap();
+        let e = check_gguf(&p).unwrap_err();
+        assert!(
+            e.message.contains("is not a readable GGUF file"),
+            "{}",
+            e.message
+        );
+        std::fs::write(&p, b"GGUF\x03\x00\x00\x00").unwrap();
+        assert!(check_gguf(&p).is_ok());
+    }
 }
