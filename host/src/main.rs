@@ -499,6 +499,9 @@ fn serve(config: Option<PathBuf>, bind: Option<std::net::SocketAddr>) -> anyhow:
         let served = daemon::serve(state, listener, daemon::shutdown_signal()).await?;
         anyhow::Ok(served)
     })?;
+    // A sync-path thread stopped at shutdown may still be inside a driver call: do not wait
+    // for it (the task has ended; its finish event went out).
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
     if served.abandoned > 0 {
         eprintln!(
             "grip: {} task(s) were still running at the end of the shutdown grace and were abandoned",

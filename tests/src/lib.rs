@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use host::{LoaderOptions, Registry};
 
+pub mod daemon;
 pub mod mock_llm;
 pub mod procs;
 pub mod remote;

@@ -2,13 +2,14 @@
 
 use std::io::BufRead;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
 
+use e2e::daemon::{Daemon, client, post, sse};
 use e2e::mock_llm::{After, MockLlm, Reply, text_chunk};
 use e2e::{ManifestSpec, artifacts, scripted};
 use futures::StreamExt;
-use host::daemon::{self, AppState, DaemonConfig};
+use host::daemon::{AppState, DaemonConfig};
 use serde_json::{Value, json};
 
 fn manifest_dir() -> PathBuf {
@@ -43,99 +44,6 @@ fn config() -> DaemonConfig {
     c.plugins.lib_dirs = vec![artifacts().lib_dir.clone()];
     c.server.bind = "127.0.0.1:0".parse().unwrap();
     c
-}
-
-struct Daemon {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: std::sync::mpsc::Receiver<()>,
-}
-
-impl Daemon {
-    fn start(config: DaemonConfig) -> Self {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(config.server.bind)
-                    .await
-                    .unwrap();
-                let addr = listener.local_addr().unwrap();
-                let state = Arc::new(AppState::new(config, addr).unwrap());
-                addr_tx.send(addr).unwrap();
-                daemon::serve(state, listener, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
-            });
-            let _ = done_tx.send(());
-        });
-        let addr = addr_rx.recv().unwrap();
-        Self {
-            base: format!("http://{addr}"),
-            stop: Some(stop_tx),
-            done: done_rx,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.done.recv_timeout(Duration::from_secs(30)).unwrap();
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
-async fn post(d: &Daemon, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = client()
-        .post(d.url("/v1/tasks"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let v = r.json().await.unwrap_or(Value::Null);
-    (status, headers, v)
-}
-
-/// Reads an SSE response: (event name, data JSON, when it arrived).
-async fn sse(resp: reqwest::Response) -> Vec<(String, Value, Instant)> {
-    let mut out = Vec::new();
-    let mut buf = String::new();
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        while let Some(end) = buf.find("\n\n") {
-            let frame = buf[..end].to_owned();
-            buf.drain(..end + 2);
-            let mut name = String::new();
-            let mut data = String::new();
-            for line in frame.lines() {
-                if let Some(n) = line.strip_prefix("event: ") {
-                    name = n.to_owned();
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data.push_str(d);
-                }
-            }
-            out.push((name, serde_json::from_str(&data).unwrap(), Instant::now()));
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -253,8 +253,8 @@ async fn the_daemon_flushes_a_global_webhook_at_shutdown() {
     };
     assert_eq!(delivered(&ep), 4, "flushed at task end");
 
-    // A task whose client leaves mid-stream never reaches its end: its events wait in the
-    // plugin's batch (max_delay 60 s) until the shutdown flush.
+    // A task whose client leaves mid-stream is stopped: its FinishTaskEvent (with the reason)
+    // goes out and the plugin's batch is flushed then, not at shutdown.
     let r = client
         .post(format!("http://{addr}/v1/tasks"))
         .json(
@@ -272,24 +272,26 @@ async fn the_daemon_flushes_a_global_webhook_at_shutdown() {
         ));
     }
     drop(body);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        delivered(&ep),
-        4,
-        "the abandoned task's events are still batched"
-    );
-    stop_tx.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    for _ in 0..250 {
+        if delivered(&ep) > 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let batches = ep.batches.lock().unwrap().clone();
     let after: Vec<&Value> = batches.iter().flatten().skip(4).collect();
-    assert!(!after.is_empty(), "delivered at shutdown");
-    assert!(
-        after
-            .iter()
-            .all(|e| e["task_id"] != batches[0][0]["task_id"])
-    );
     assert!(
         after.iter().any(|e| e["type"] == "TextChunkEvent"),
         "{after:?}"
     );
+    let last = after.last().unwrap();
+    assert_eq!(last["type"], "FinishTaskEvent", "{after:?}");
+    assert_eq!(
+        last["error"], "task stopped: cancelled: the client went away",
+        "{last}"
+    );
+    assert!(after.iter().all(|e| e["task_id"] == last["task_id"]));
+    stop_tx.send(()).unwrap();
+    let served = server.await.unwrap().unwrap();
+    assert_eq!(served.abandoned, 0);
 }

@@ -121,5 +121,5 @@ async fn tools_are_refused_with_a_clear_error() {
         .unwrap()
         .new_driver(Some(&json!({"model_path": "/nonexistent/model.gguf"})))
         .unwrap_err();
-    assert!(e.message.contains("does not exist"), "{e}");
+    assert!(e.message.contains("is not a readable GGUF file"), "{e}");
 }

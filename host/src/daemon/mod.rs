@@ -463,6 +463,10 @@ fn task_error_response(e: &TaskError, task_id: &str, withhold: bool) -> Response
     (status, axum::Json(body)).into_response()
 }
 
+/// The most tools one request may name: each is an instance made (and its schemas compiled)
+/// per request, so the count is bounded like the body is.
+const MAX_TOOLS: usize = 64;
+
 /// A request turned into a task, ready to run.
 struct Prepared {
     task: PromptTask,
@@ -545,6 +549,17 @@ fn prepare(state: &AppState, body: &Bytes) -> Result<Prepared, Response> {
         state.metrics.plugin_error(&driver_id);
         bad(format!("field `config`: {e}"))
     })?;
+    if req.tools.len() > MAX_TOOLS {
+        return Err(bad(format!(
+            "field `tools`: {} tools; a request may use at most {MAX_TOOLS}",
+            req.tools.len()
+        )));
+    }
+    for (i, id) in req.tools.iter().enumerate() {
+        if req.tools[..i].contains(id) {
+            return Err(bad(format!("field `tools`: `{id}` is listed twice")));
+        }
+    }
     let mut task = PromptTask::new(driver, req.input).stream(req.stream);
     for id in &req.tools {
         let p = find(id, "tools")?;

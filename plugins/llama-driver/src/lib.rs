@@ -161,12 +161,7 @@ fn model(path: &PathBuf) -> Result<Arc<LlamaModel>, PluginError> {
     if let Some(m) = models.get(path) {
         return Ok(Arc::clone(m));
     }
-    if !path.is_file() {
-        return Err(PluginError::config(format!(
-            "model file {} does not exist",
-            path.display()
-        )));
-    }
+    // One message for a missing file and a wrong one: the error must not tell which files exist.
     check_gguf(path)?;
     let m = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default()).map_err(
         |e| PluginError::config(format!("cannot load the model {}: {e}", path.display())),
@@ -398,12 +393,12 @@ impl PromptDriver for LlamaDriver {
     const STREAM: bool = true;
 
     fn new(config: Config) -> Result<Self, PluginError> {
+        config.check_sizes()?;
         let path = config.model_path.clone().ok_or_else(|| {
             PluginError::config(
                 "`model_path` is not set: give a GGUF file, or a `model_source` for the host to fetch",
             )
         })?;
-        config.check_sizes()?;
         let model = model(&path)?;
         let trained = model.n_ctx_train();
         if config.n_ctx > trained {
