@@ -46,7 +46,7 @@ pub fn refused_key(allow: &[String], overrides: &Value) -> Option<String> {
             } else {
                 format!("{prefix}.{k}")
             };
-            if allow.iter().any(|a| *a == path) {
+            if allow.contains(&path) {
                 continue;
             }
             let inner = format!("{path}.");

@@ -50,6 +50,8 @@ pub struct PluginRow {
     pub status: &'static str,
     /// Why it was refused.
     pub reason: Option<String>,
+    /// The config keys a daemon request may override.
+    pub overridable: Vec<String>,
 }
 
 impl Registry {
@@ -166,6 +168,7 @@ impl Registry {
                 library: Some(p.library().to_owned()),
                 status: "loaded",
                 reason: None,
+                overridable: p.manifest().overridable.clone(),
             })
             .collect();
         rows.extend(self.refused.iter().map(|r| PluginRow {
@@ -177,6 +180,7 @@ impl Registry {
             library: None,
             status: "refused",
             reason: Some(r.error.to_string()),
+            overridable: Vec::new(),
         }));
         rows
     }

@@ -59,13 +59,18 @@ pub fn start_mock(args: &[&str]) -> (Child, String) {
 /// concurrent tasks, manifests from `dir/manifests`, the built plugins, plus `extra_server`
 /// lines for the `[server]` table. Returns it and its address.
 pub fn start_daemon(dir: &Path, extra_server: &str) -> (Child, String) {
+    start_daemon_with(dir, extra_server, "")
+}
+
+/// [`start_daemon`] with `tail` appended to the config (e.g. `[[listeners]]` tables).
+pub fn start_daemon_with(dir: &Path, extra_server: &str, tail: &str) -> (Child, String) {
     let a = artifacts();
     let cfg = dir.join("grip.toml");
     std::fs::write(
         &cfg,
         format!(
             "[server]\nbind = \"127.0.0.1:0\"\nmax_concurrent_tasks = 20000\n{extra_server}\
-             [plugins]\nmanifest_dirs = [\"manifests\"]\nlib_dirs = [{:?}]\n",
+             [plugins]\nmanifest_dirs = [\"manifests\"]\nlib_dirs = [{:?}]\n{tail}",
             a.lib_dir.display().to_string()
         ),
     )
@@ -73,6 +78,15 @@ pub fn start_daemon(dir: &Path, extra_server: &str) -> (Child, String) {
     let mut serve = Command::new(a.grip());
     serve.arg("serve").arg("--config").arg(&cfg);
     spawn_line(serve, "listening on ")
+}
+
+/// Sends SIGTERM to `child` (a graceful shutdown of `grip serve`).
+pub fn sigterm(child: &Child) {
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM)
+    };
 }
 
 /// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`); `None` is this process.

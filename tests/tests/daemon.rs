@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use e2e::daemon::{Daemon, client, post, sse};
+use e2e::daemon::{Daemon, client, metrics_containing, post, sse};
 use e2e::mock_llm::{After, MockLlm, Reply, text_chunk};
 use e2e::{ManifestSpec, artifacts, scripted};
 use futures::StreamExt;
@@ -501,11 +501,7 @@ fn sigterm_lets_the_in_flight_task_finish_then_exits_0() {
         }
     });
     std::thread::sleep(Duration::from_millis(250));
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM)
-    };
+    e2e::procs::sigterm(&child);
     let (status, v) = rt.block_on(in_flight).unwrap();
     assert_eq!(
         (status, v["output"].as_str()),
@@ -528,21 +524,7 @@ async fn a_client_that_gives_up_on_a_plain_request_cancels_its_task() {
         .send()
         .await;
     assert!(r.is_err(), "the client gave up");
-    let mut metrics = String::new();
-    for _ in 0..100 {
-        metrics = client()
-            .get(d.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains("outcome=\"cancelled\"} 1") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let metrics = metrics_containing(&d, "outcome=\"cancelled\"} 1").await;
     assert!(metrics.contains("outcome=\"cancelled\"} 1"), "{metrics}");
     assert!(metrics.contains("grip_tasks_in_flight 0"), "{metrics}");
     d.stop();

@@ -167,6 +167,23 @@ async fn a_request_cannot_send_the_daemons_secrets_or_pick_its_files() {
     assert_eq!(status, 400);
     assert!(message(&v).contains("listed twice"), "{v}");
 
+    // Callers can see what they may change.
+    let plugins: Value = client()
+        .get(d.url("/v1/plugins"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let openai = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "openai")
+        .unwrap();
+    assert_eq!(openai["overridable"][0], "model", "{openai}");
+
     // The harmless knobs still work per request.
     let (status, _, v) = post(
         &d,
@@ -636,32 +653,12 @@ fn tasks_abandoned_at_shutdown_end_with_their_finish_event_and_the_daemon_exits_
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
     let events = finish_manifests(&manifests);
-    std::fs::write(
-        dir.path().join("listeners.toml"),
-        format!(
-            "[[listeners]]\nplugin = \"jsonl\"\nconfig = {{ path = {:?} }}\nbatch_size = 1\n",
-            events.display().to_string()
-        ),
-    )
-    .unwrap();
-    // start_daemon writes [server] and [plugins]; the listener table goes after them.
-    let (mut child, base) = {
-        let a = artifacts();
-        let cfg = dir.path().join("grip.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[server]\nbind = \"127.0.0.1:0\"\nshutdown_grace_ms = 300\n\
-                 [plugins]\nmanifest_dirs = [\"manifests\"]\nlib_dirs = [{:?}]\n{}",
-                a.lib_dir.display().to_string(),
-                std::fs::read_to_string(dir.path().join("listeners.toml")).unwrap()
-            ),
-        )
-        .unwrap();
-        let mut serve = std::process::Command::new(a.grip());
-        serve.arg("serve").arg("--config").arg(&cfg);
-        e2e::procs::spawn_line(serve, "listening on ")
-    };
+    let listeners = format!(
+        "[[listeners]]\nplugin = \"jsonl\"\nconfig = {{ path = {:?} }}\nbatch_size = 1\n",
+        events.display().to_string()
+    );
+    let (mut child, base) =
+        e2e::procs::start_daemon_with(dir.path(), "shutdown_grace_ms = 300\n", &listeners);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = format!("{base}/v1/tasks");
     let watching = rt.spawn({
@@ -689,11 +686,7 @@ fn tasks_abandoned_at_shutdown_end_with_their_finish_event_and_the_daemon_exits_
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     });
     std::thread::sleep(Duration::from_millis(500));
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM)
-    };
+    e2e::procs::sigterm(&child);
     let seen = rt.block_on(watching).unwrap();
     let (name, data, _) = seen.last().unwrap();
     assert_eq!(name, "FinishTaskEvent");

@@ -12,7 +12,11 @@
 //! - **Content-Type**: a POST must be `application/json` (415 otherwise), which a page cannot
 //!   send cross-origin without a preflight that the Origin check refuses.
 //!
-//! The bearer token (`auth`) is checked after these, on every route but `/healthz`.
+//! - **Bearer token**: when `server.auth_token_env` is set, on every route but `/healthz`
+//!   (401 otherwise).
+//!
+//! One middleware does all of it: each layer of axum middleware costs a boxed service and a
+//! boxed future per request.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -53,16 +57,21 @@ impl GuardPolicy {
 
     /// Whether a `Host` header value is acceptable.
     pub fn host_ok(&self, host: &str) -> bool {
-        let host = host.trim().to_ascii_lowercase();
+        let host = host.trim();
         let name = match host.strip_prefix('[') {
             // [::1]:8080
             Some(rest) => rest.split(']').next().unwrap_or(""),
             None => match host.rsplit_once(':') {
                 Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-                _ => host.as_str(),
+                _ => host,
             },
         };
-        if name == "localhost" || self.allowed_hosts.iter().any(|h| h == name) {
+        if name.eq_ignore_ascii_case("localhost")
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+        {
             return true;
         }
         name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -70,7 +79,7 @@ impl GuardPolicy {
 
     fn origin_ok(&self, origin: &str) -> bool {
         let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-        self.allowed_origins.iter().any(|o| *o == origin)
+        self.allowed_origins.contains(&origin)
     }
 }
 
@@ -82,6 +91,27 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The 401 for a request without the right bearer token, if it lacks it.
+fn unauthenticated(token: &str, headers: &HeaderMap) -> Option<Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let message = match given {
+        Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => return None,
+        Some(_) => "wrong bearer token",
+        None => "missing `Authorization: Bearer <token>` header",
+    };
+    let mut r = api_error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(r)
+}
+
 fn cors_headers(origin: &HeaderValue, out: &mut HeaderMap) {
     out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     out.insert(header::VARY, HeaderValue::from_static("Origin"));
@@ -91,7 +121,7 @@ fn cors_headers(origin: &HeaderValue, out: &mut HeaderMap) {
     );
 }
 
-/// The middleware: Host, Origin (with CORS for allowed origins), Content-Type.
+/// The middleware: Host, Origin (with CORS for allowed origins), bearer token, Content-Type.
 pub async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let policy = &state.guard;
     if policy.check_host {
@@ -141,6 +171,12 @@ pub async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next)
             );
             return r;
         }
+    }
+    if let Some(token) = &state.token
+        && req.uri().path() != "/healthz"
+        && let Some(refused) = unauthenticated(token, req.headers())
+    {
+        return refused;
     }
     if req.method() == Method::POST && !is_json(req.headers()) {
         return api_error(
