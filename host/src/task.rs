@@ -980,6 +980,17 @@ fn prepare<'a>(
             ),
         ));
     };
+    if let Value::String(raw) = &call.arguments
+        && let Err(e) = serde_json::from_str::<Value>(raw)
+    {
+        return Err(error_result(
+            call,
+            format!(
+                "the arguments for `{}` are not valid JSON ({e}); send a JSON object",
+                call.name
+            ),
+        ));
+    }
     let errors: Vec<String> = f
         .validator
         .iter_errors(&call.arguments)
@@ -1217,15 +1228,12 @@ impl StreamAggregator {
                     message: format!("tool call #{i} has no name"),
                 });
             };
+            // Arguments that are not JSON travel as a JSON string, as drivers do for a whole
+            // response: the tool dispatch sends the problem back to the model for another turn.
             let arguments = if args.trim().is_empty() {
                 Value::Object(Default::default())
             } else {
-                serde_json::from_str(&args).map_err(|e| TaskError::Stream {
-                    plugin: self.plugin.clone(),
-                    message: format!(
-                        "tool call #{i} (`{name}`) has arguments that are not JSON ({e}): {args}"
-                    ),
-                })?
+                serde_json::from_str(&args).unwrap_or(Value::String(args))
             };
             message.tool_calls.push(ToolCall {
                 id: id.unwrap_or_else(|| format!("call_{i}")),

@@ -770,3 +770,35 @@ fn the_key_never_reaches_the_logs_even_at_trace_level() {
         "the key appears in the output"
     );
 }
+
+/// Explicit nulls where fields are optional read as absent; a reply with no `content` at all
+/// (an Anthropic-shaped server answering `{}`) is an error, not an empty answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nulls_read_as_absent_and_a_reply_without_content_is_an_error() {
+    let mock = MockLlm::start_anthropic();
+    let d = driver(&mock);
+    let json = |body: Value| Reply::Json {
+        status: 200,
+        body,
+        headers: Vec::new(),
+    };
+    mock.push([
+        json(
+            json!({"id": null, "type": "message", "role": "assistant", "model": null,
+                    "content": [{"type": "text", "text": "Paris", "citations": null},
+                                {"type": "text", "text": null}],
+                    "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": 3, "output_tokens": null,
+                              "cache_read_input_tokens": null}}),
+        ),
+        json(json!({})),
+        json(json!({"content": null, "stop_reason": "end_turn"})),
+    ]);
+    let r = d.prompt_async(&request("capital?")).await.unwrap();
+    assert_eq!(r.message.content, "Paris");
+    assert_eq!(r.usage.input_tokens, 3);
+    for _ in 0..2 {
+        let e = d.prompt_async(&request("capital?")).await.unwrap_err();
+        assert!(e.message.contains("has no `content`"), "{e}");
+    }
+}

@@ -466,3 +466,95 @@ async fn a_prompt_task_with_a_tool_round_trip_on_both_paths() {
         let _ = Role::Tool;
     }
 }
+
+/// Tool-call arguments that are not JSON go back to the model as an error result, and it gets
+/// another turn: the same on the whole-response path and the streamed one, sync and async.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_tool_arguments_are_sent_back_to_the_model_on_every_path() {
+    for (stream, path) in [
+        (false, "sync"),
+        (false, "async"),
+        (true, "sync"),
+        (true, "async"),
+    ] {
+        let mock = MockLlm::start();
+        let bad = r#"{"text": "unterminated"#;
+        if stream {
+            mock.push([Reply::Sse {
+                events: vec![
+                    tool_chunk(0, Some("call_0"), Some("TextTools_word_count"), bad),
+                    json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+                        .to_string(),
+                    "[DONE]".into(),
+                ],
+                delay_ms: 1,
+                after: After::End,
+            }]);
+            mock.push([Reply::sse_text(&["fixed ", "it"])]);
+        } else {
+            mock.push([
+                Reply::tool_calls(&[("call_0", "TextTools_word_count", bad)]),
+                Reply::text("fixed it"),
+            ]);
+        }
+        let task = PromptTask::new(driver(&mock), "count")
+            .tool(remote().text_tools())
+            .stream(stream)
+            .event_bus(std::sync::Arc::new(EventBus::new()));
+        let out = if path == "sync" {
+            tokio::task::block_in_place(|| task.run())
+        } else {
+            task.async_run().await
+        }
+        .unwrap_or_else(|e| panic!("stream={stream} {path}: {e}"));
+        assert_eq!(out.text, "fixed it", "stream={stream} {path}");
+        let second = &mock.requests()[1].body;
+        let result = &second["messages"][2];
+        assert_eq!(result["role"], "tool");
+        assert!(
+            result["content"]
+                .as_str()
+                .unwrap()
+                .contains("are not valid JSON"),
+            "stream={stream} {path}: {result}"
+        );
+        // The model sees its own malformed text again, unchanged.
+        assert_eq!(
+            second["messages"][1]["tool_calls"][0]["function"]["arguments"],
+            bad
+        );
+    }
+}
+
+/// The whole-request timeout firing in the middle of a stream is a timeout (not a "dropped
+/// connection"), and `retry-after-ms` is honoured before `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_mid_stream_is_a_timeout_and_retry_after_ms_is_honoured() {
+    let mock = MockLlm::start();
+    let d = driver_with(
+        &mock,
+        json!({"http": {"request_timeout_ms": 400, "stream_idle_timeout_ms": 5000, "retry": {"max_retries": 0}}}),
+    );
+    mock.push([Reply::Sse {
+        events: (0..20).map(|i| text_chunk(&format!("t{i} "))).collect(),
+        delay_ms: 100,
+        after: After::End,
+    }]);
+    let items = collect(&d, &request("x")).await;
+    assert!(items.iter().any(Result::is_ok), "some text came first");
+    let e = items.last().unwrap().as_ref().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+    assert!(e.message.contains("timed out mid-stream"), "{e}");
+
+    // Retry-After alone (100 s) would exceed the policy's longest wait and fail at once; the
+    // millisecond header says 150 ms.
+    let d = driver(&mock);
+    mock.push([
+        Reply::error(429, "slow down", "rate_limit_exceeded")
+            .header("Retry-After", "100")
+            .header("retry-after-ms", "150"),
+        Reply::text("after 150 ms"),
+    ]);
+    let r = d.prompt_async(&request("x")).await.unwrap();
+    assert_eq!(r.message.content, "after 150 ms");
+}

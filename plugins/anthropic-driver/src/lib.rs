@@ -186,7 +186,7 @@ impl PromptDriver for AnthropicDriver {
             .await?;
         let parsed: wire::MessagesResponse =
             driver_http::read_json(resp, &self.endpoint.url).await?;
-        Ok(plan.into_response(parsed))
+        plan.into_response(parsed, &self.endpoint.url)
     }
 
     fn stream(&self, request: PromptRequest) -> Result<DeltaStream, PluginError> {

@@ -206,10 +206,23 @@ impl Plan {
     }
 
     /// Converts a complete response.
-    pub fn into_response(self, resp: MessagesResponse) -> PromptResponse {
+    ///
+    /// # Errors
+    /// A response without `content` (missing or null): a server that answered `{}` gave no
+    /// answer, and an empty 200 answer would hide that.
+    pub fn into_response(
+        self,
+        resp: MessagesResponse,
+        url: &str,
+    ) -> Result<PromptResponse, PluginError> {
+        let Some(content) = resp.content else {
+            return Err(PluginError::upstream(format!(
+                "response from {url} has no `content`"
+            )));
+        };
         let mut message = Message::assistant(String::new());
         let mut answer = None;
-        for block in resp.content {
+        for block in content {
             match block {
                 Block::Text { text } => message.content.push_str(&text),
                 Block::ToolUse { id, name, input } => match &self.output {
@@ -230,12 +243,12 @@ impl Plan {
             message.content = text;
             reason = Some(finish_reason::STOP.to_owned());
         }
-        PromptResponse {
+        Ok(PromptResponse {
             schema_version: plugin_api::wire::WIRE_VERSION,
             message,
             usage: resp.usage.map(|u| u.totals()).unwrap_or_default(),
             finish_reason: reason,
-        }
+        })
     }
 
     /// A stream decoder for this request's answer.
@@ -262,7 +275,7 @@ fn stop_reason(reason: &str) -> String {
 #[derive(Debug, Deserialize)]
 pub struct MessagesResponse {
     #[serde(default)]
-    content: Vec<Block>,
+    content: Option<Vec<Block>>,
     #[serde(default)]
     stop_reason: Option<String>,
     #[serde(default)]
@@ -273,13 +286,13 @@ pub struct MessagesResponse {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Block {
     Text {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "driver_http::null_as_default")]
         text: String,
     },
     ToolUse {
         id: String,
         name: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "driver_http::null_as_default")]
         input: Value,
     },
     /// Thinking, server tools, citations ...: not part of the shared message.

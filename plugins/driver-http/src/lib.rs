@@ -225,6 +225,20 @@ pub fn secret_from_env(var: &str) -> Result<String, PluginError> {
     }
 }
 
+/// For `#[serde(default, deserialize_with = "driver_http::null_as_default")]`: a field that a
+/// server sends as an explicit `null` (many OpenAI-compatible servers do, for every absent
+/// field) reads as its default, like a missing one.
+///
+/// # Errors
+/// When the value is neither null nor a `T`.
+pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
 /// How a driver classifies a failed HTTP response.
 pub trait Classify {
     /// Whether a 429 response means the quota is exhausted (never worth retrying).
@@ -268,7 +282,18 @@ pub fn snippet(text: &str, max: usize) -> String {
     }
 }
 
+/// How long the server asked us to wait: `retry-after-ms` (milliseconds, sent by OpenAI and
+/// some gateways) when present, else `Retry-After` (seconds or an HTTP date).
 fn retry_after(resp: &Response) -> Option<Duration> {
+    let ms = resp
+        .headers()
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0);
+    if let Some(ms) = ms {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
     let v = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
@@ -473,15 +498,37 @@ pub fn sse_events(
                     }),
                     Some(events),
                 )),
-                Ok(Some(Err(e))) => Some((
-                    Err(PluginError::upstream(format!(
-                        "the connection to {url} dropped mid-stream: {e}"
-                    ))),
-                    None,
-                )),
+                Ok(Some(Err(e))) => Some((Err(mid_stream_error(&e, &url)), None)),
             }
         }
     })
+}
+
+/// A transport error while a stream was being read: a timeout (the whole-request timeout
+/// firing mid-stream) is a timeout, wherever in the error's source chain it is.
+fn mid_stream_error(
+    e: &eventsource_stream::EventStreamError<reqwest::Error>,
+    url: &str,
+) -> PluginError {
+    let mut timed_out =
+        matches!(e, eventsource_stream::EventStreamError::Transport(t) if t.is_timeout());
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        timed_out |= s
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+            || s.to_string().contains("timed out");
+        source = s.source();
+    }
+    if timed_out {
+        PluginError::new(
+            ErrorKind::Timeout,
+            format!("the request to {url} timed out mid-stream"),
+        )
+        .retryable()
+    } else {
+        PluginError::upstream(format!("the connection to {url} dropped mid-stream: {e}"))
+    }
 }
 
 /// A wire format's stream decoder: turns server-sent events into deltas and knows when the
