@@ -385,16 +385,19 @@ fn json_arg(what: &str, value: &str) -> anyhow::Result<serde_json::Value> {
 
 fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::load_dirs(&args.load.manifest_dirs, &args.load.options());
-    let find = |id: &str| {
+    // The error lists the plugins of the kind asked for, not every plugin loaded.
+    let find = |id: &str, kind: Kind| {
         registry.get(id).with_context(|| {
-            let known: Vec<&str> = registry.plugins().map(|p| p.id()).collect();
-            format!(
-                "no loaded plugin `{id}` (loaded: {}; see `grip plugins list`)",
+            let known: Vec<&str> = registry.of_kind(kind).map(|p| p.id()).collect();
+            let known = if known.is_empty() {
+                "none".to_owned()
+            } else {
                 known.join(", ")
-            )
+            };
+            format!("no loaded {kind} `{id}` (loaded {kind}s: {known}; see `grip plugins list`)")
         })
     };
-    let plugin = find(&args.driver)?;
+    let plugin = find(&args.driver, Kind::PromptDriver)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -424,7 +427,7 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
         .max_subtasks(args.max_subtasks)
         .event_bus(Arc::clone(&bus));
     for id in &args.tools {
-        task = task.tool(find(id)?.new_tool(None)?);
+        task = task.tool(find(id, Kind::Tool)?.new_tool(None)?);
     }
     for r in args.rules {
         task = task.rule(r);
@@ -441,7 +444,7 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
     let console_shown = listener_ids.iter().any(|id| id == "console");
     let mut guards = Vec::new();
     for id in &listener_ids {
-        let handle = find(id)?.new_listener(None)?;
+        let handle = find(id, Kind::EventListener)?.new_listener(None)?;
         guards.push(bus.add_listener(EventListener::new(id.clone()).driver(handle, 1)));
     }
 

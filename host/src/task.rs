@@ -971,14 +971,19 @@ fn prepare<'a>(
     let Some(f) = functions.get(&call.name) else {
         let mut known: Vec<&str> = functions.keys().map(String::as_str).collect();
         known.sort_unstable();
-        return Err(error_result(
-            call,
+        let message = if known.is_empty() {
             format!(
-                "unknown tool `{}`; available: {}",
+                "unknown tool `{}`: this task offers no tools; answer without them",
+                call.name
+            )
+        } else {
+            format!(
+                "unknown tool `{}`; the tools on offer: {}",
                 call.name,
                 known.join(", ")
-            ),
-        ));
+            )
+        };
+        return Err(error_result(call, message));
     };
     if let Value::String(raw) = &call.arguments
         && let Err(e) = serde_json::from_str::<Value>(raw)

@@ -486,7 +486,7 @@ async fn retries_on_529_5xx_and_429_with_retry_after_but_not_on_other_4xx() {
     ]);
     let e = tokio::task::block_in_place(|| d.prompt(&request("x"))).unwrap_err();
     assert!(
-        e.retryable
+        !e.retryable
             && e.message.contains("HTTP 529 Overloaded")
             && e.message.contains("overloaded_error: Overloaded")
             && e.message.contains("after 3 attempts"),

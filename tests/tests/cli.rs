@@ -170,7 +170,16 @@ fn run_executes_a_prompt_task_on_either_path_with_tools() {
 
     let out = grip(&["run", "--driver", "nope", "x"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no loaded plugin `nope`"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no loaded prompt_driver `nope`"), "{err}");
+    assert!(!err.contains("text-tools"), "only drivers are listed: {err}");
+    let out = grip(&["run", "--driver", "scripted", "--tool", "nope", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no loaded tool `nope` (loaded tools: ") && err.contains("text-tools"),
+        "{err}"
+    );
     let out = grip(&[
         "run",
         "--driver",

@@ -272,9 +272,11 @@ async fn retries_on_5xx_and_429_with_retry_after_but_not_on_other_4xx_or_exhaust
     ]);
     let e = tokio::task::block_in_place(|| d.prompt(&request("x"))).unwrap_err();
     assert!(
-        e.retryable && e.message.contains("after 3 attempts") && e.message.contains("still broken"),
+        !e.retryable && e.message.contains("after 3 attempts") && e.message.contains("still broken"),
         "{e}"
     );
+    // The retries were made: the final error does not invite more.
+    assert!(!e.to_string().contains("(retryable)"), "{e}");
 
     mock.push([Reply::error(429, "later", "rate_limit_exceeded").header("Retry-After", "3600")]);
     let e = d.prompt_async(&request("x")).await.unwrap_err();
@@ -557,4 +559,36 @@ async fn a_timeout_mid_stream_is_a_timeout_and_retry_after_ms_is_honoured() {
     ]);
     let r = d.prompt_async(&request("x")).await.unwrap();
     assert_eq!(r.message.content, "after 150 ms");
+}
+
+/// A 200 answer to a stream that is JSON (a gateway's error) says so, and a connect error names
+/// the URL once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_answer_to_a_stream_and_connect_errors_read_well() {
+    let mock = MockLlm::start();
+    let d = driver_with(&mock, json!({"http": {"retry": {"max_retries": 0}}}));
+    mock.push([Reply::Json {
+        status: 200,
+        body: json!({"error": {"message": "model is loading"}}),
+        headers: Vec::new(),
+    }]);
+    let items = collect(&d, &request("x")).await;
+    let e = items.last().unwrap().as_ref().unwrap_err();
+    assert!(
+        e.message.contains("expected an event stream")
+            && e.message.contains("application/json")
+            && e.message.contains("model is loading"),
+        "{e}"
+    );
+    let closed = registry()
+        .get("openai")
+        .unwrap()
+        .new_driver(Some(&json!({"base_url": "http://127.0.0.1:9/v1", "http": {"retry": {"max_retries": 0}}})))
+        .unwrap();
+    let e = closed.prompt_async(&request("x")).await.unwrap_err();
+    assert_eq!(
+        e.message.matches("127.0.0.1:9").count(),
+        1,
+        "the URL once: {e}"
+    );
 }

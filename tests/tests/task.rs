@@ -391,7 +391,7 @@ async fn unknown_tools_bad_arguments_and_tool_failures_go_back_to_the_model() {
             results[0].is_error
                 && results[0]
                     .content
-                    .starts_with("unknown tool `Nope_nothing`; available:")
+                    .starts_with("unknown tool `Nope_nothing`; the tools on offer:")
         );
         assert!(results[0].content.contains("TextTools_word_count"));
         assert!(

@@ -340,13 +340,19 @@ fn send_error(e: &reqwest::Error, url: &str) -> PluginError {
     } else {
         "request failed"
     };
-    // reqwest's Display includes the URL but never headers, so the key cannot leak here.
+    // The causes, without reqwest's own line (it repeats the URL); never headers, so the key
+    // cannot leak here.
     let mut source = std::error::Error::source(e);
-    let mut detail = e.to_string();
+    let mut causes = Vec::new();
     while let Some(s) = source {
-        detail = format!("{detail}: {s}");
+        causes.push(s.to_string());
         source = s.source();
     }
+    let detail = if causes.is_empty() {
+        e.to_string()
+    } else {
+        causes.join(": ")
+    };
     PluginError::upstream(format!("{what} ({url}): {detail}")).retryable()
 }
 
@@ -409,6 +415,8 @@ pub async fn send_with_retry(
                 error
                     .message
                     .push_str(&format!(" (after {attempt} attempts)"));
+                // The retries this error deserved have been made.
+                error.retryable = false;
             }
             return Err(error);
         }
@@ -502,6 +510,30 @@ pub fn sse_events(
             }
         }
     })
+}
+
+/// A 200 answer to a streaming request that is not `text/event-stream` (a JSON error body, a
+/// proxy's HTML page) is reported as what it is, not as a stream that ended early.
+async fn expect_event_stream(
+    resp: Response,
+    url: &str,
+    classify: &impl Classify,
+) -> Result<Response, PluginError> {
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence.is_empty() || essence.eq_ignore_ascii_case("text/event-stream") {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    Err(PluginError::upstream(format!(
+        "expected an event stream from {url}, got `{content_type}`: {}",
+        classify.error_message(&body)
+    )))
 }
 
 /// A transport error while a stream was being read: a timeout (the whole-request timeout
@@ -683,6 +715,7 @@ impl Endpoint {
         let this = self.clone();
         lazy_stream(async move {
             let resp = this.send(build, &classify).await?;
+            let resp = expect_event_stream(resp, &this.url, &classify).await?;
             let idle = Duration::from_millis(this.http.stream_idle_timeout_ms);
             Ok(decode_stream(
                 sse_events(resp, &this.url, idle),
