@@ -172,7 +172,10 @@ fn run_executes_a_prompt_task_on_either_path_with_tools() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no loaded prompt_driver `nope`"), "{err}");
-    assert!(!err.contains("text-tools"), "only drivers are listed: {err}");
+    assert!(
+        !err.contains("text-tools"),
+        "only drivers are listed: {err}"
+    );
     let out = grip(&["run", "--driver", "scripted", "--tool", "nope", "x"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -529,3 +529,30 @@ async fn a_client_that_gives_up_on_a_plain_request_cancels_its_task() {
     assert!(metrics.contains("grip_tasks_in_flight 0"), "{metrics}");
     d.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streamed_finish_event_carries_what_the_json_response_carries() {
+    let d = Daemon::start(config());
+    let script = json!({"script": [
+        {"tool_calls": [{"name": "TextTools_word_count", "arguments": {"text": "a b c"}}]},
+        {"json": {"words": 3}}
+    ]});
+    let r = client()
+        .post(d.url("/v1/tasks"))
+        .json(&json!({"driver": "scripted", "config": script, "input": "count", "stream": true,
+                       "tools": ["text-tools"], "output_schema": {"type": "object", "required": ["words"]}}))
+        .send()
+        .await
+        .unwrap();
+    let events = sse(r).await;
+    let (name, data, _) = events.last().unwrap();
+    assert_eq!(name, "FinishTaskEvent");
+    assert_eq!(data["json"], json!({"words": 3}), "{data}");
+    assert_eq!(data["subtasks"], 1, "{data}");
+    assert!(
+        data["usage"]["input_tokens"].as_u64().unwrap() > 0,
+        "{data}"
+    );
+    assert_eq!(data["output"], "{\"words\":3}", "{data}");
+    d.stop();
+}

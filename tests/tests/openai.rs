@@ -272,7 +272,9 @@ async fn retries_on_5xx_and_429_with_retry_after_but_not_on_other_4xx_or_exhaust
     ]);
     let e = tokio::task::block_in_place(|| d.prompt(&request("x"))).unwrap_err();
     assert!(
-        !e.retryable && e.message.contains("after 3 attempts") && e.message.contains("still broken"),
+        !e.retryable
+            && e.message.contains("after 3 attempts")
+            && e.message.contains("still broken"),
         "{e}"
     );
     // The retries were made: the final error does not invite more.
@@ -583,7 +585,9 @@ async fn a_json_answer_to_a_stream_and_connect_errors_read_well() {
     let closed = registry()
         .get("openai")
         .unwrap()
-        .new_driver(Some(&json!({"base_url": "http://127.0.0.1:9/v1", "http": {"retry": {"max_retries": 0}}})))
+        .new_driver(Some(
+            &json!({"base_url": "http://127.0.0.1:9/v1", "http": {"retry": {"max_retries": 0}}}),
+        ))
         .unwrap();
     let e = closed.prompt_async(&request("x")).await.unwrap_err();
     assert_eq!(

@@ -608,8 +608,9 @@ fn request_listener(
     })
 }
 
-/// One SSE frame; with `withhold`, driver error text in finish events is replaced.
-fn sse_frame(event: &Event, withhold: bool) -> Bytes {
+/// One SSE frame; with `withhold`, driver error text in finish events is replaced, and with
+/// `output`, the finish event also carries what the JSON response would (`json`, `subtasks`).
+fn sse_frame(event: &Event, withhold: bool, output: Option<&TaskOutput>) -> Bytes {
     let redacted;
     let event = match &event.kind {
         EventKind::FinishPrompt {
@@ -644,7 +645,15 @@ fn sse_frame(event: &Event, withhold: bool) -> Bytes {
         }
         _ => event,
     };
-    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
+    let data = match output {
+        None => serde_json::to_string(event),
+        Some(out) => serde_json::to_value(event).map(|mut v| {
+            v["json"] = out.json.clone().unwrap_or(Value::Null);
+            v["subtasks"] = json!(out.subtasks);
+            v.to_string()
+        }),
+    }
+    .unwrap_or_else(|_| "{}".into());
     Bytes::from(format!(
         "event: {}\ndata: {data}\n\n",
         event.kind.type_name()
@@ -731,15 +740,25 @@ async fn run_task(
         let body = async_stream_body(move |tx| async move {
             let _client = client_tx;
             while let Some(event) = rx.recv().await {
-                let last = matches!(event.kind, EventKind::FinishTask { .. });
-                if tx.send(Ok(sse_frame(&event, withhold))).await.is_err() {
+                if matches!(event.kind, EventKind::FinishTask { .. }) {
+                    // The last event: sent once the run has ended (its listeners flushed), with
+                    // the result the JSON response would carry.
+                    let ended = join.await;
+                    let output = match &ended {
+                        Ok(Ended::Done(Ok(out))) => Some(out),
+                        _ => None,
+                    };
+                    let _ = tx.send(Ok(sse_frame(&event, withhold, output))).await;
                     return;
                 }
-                if last {
-                    break;
+                if tx
+                    .send(Ok(sse_frame(&event, withhold, None)))
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
             }
-            // The run's end: its listeners flushed (kept waiting, the client counts as here).
             let _ = join.await;
         });
         let mut r = Response::new(body);
