@@ -190,8 +190,11 @@ enum RunPath {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRIP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colour codes only for a terminal: a log file or pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -448,13 +451,27 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
         guards.push(bus.add_listener(EventListener::new(id.clone()).driver(handle, 1)));
     }
 
+    // Every log line of the run (the plugins' own included) carries the task id.
+    let span = tracing::info_span!("task", task_id = %task.id(), driver = %plugin.id());
     let result = if use_async {
-        rt.block_on(task.async_run())
+        rt.block_on(tracing::Instrument::instrument(
+            task.async_run(),
+            span.clone(),
+        ))
     } else {
-        task.run()
+        span.in_scope(|| task.run())
     };
     drop(guards);
-    let out = result?;
+    let out = match result {
+        Ok(out) => out,
+        // The console printed the task's finish line with the error: say it once. Errors
+        // raised before the task started (a missing capability) were never published.
+        Err(e) if console_shown && !refused_before_start(&e) => {
+            span.in_scope(|| tracing::debug!("task failed: {e}"));
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if !console_shown {
@@ -470,6 +487,14 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
         out.subtasks
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `run()` / `async_run()` refused the task before publishing anything.
+fn refused_before_start(e: &host::TaskError) -> bool {
+    matches!(
+        e,
+        host::TaskError::MissingCapability { .. } | host::TaskError::Publish(_)
+    )
 }
 
 fn serve(config: Option<PathBuf>, bind: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {

@@ -194,3 +194,40 @@ fn run_executes_a_prompt_task_on_either_path_with_tools() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--output-schema must be JSON"));
 }
+
+/// A failed run says what failed once; logs to a pipe carry no colour codes, and every line of
+/// the run names its task.
+#[test]
+fn a_failed_run_prints_its_error_once_and_logs_are_plain_text_with_the_task_id() {
+    let a = artifacts();
+    let out = Command::new(a.grip())
+        .args([
+            "run",
+            "--driver",
+            "scripted",
+            "--config",
+            r#"{"script": [{"error": "the upstream is on fire", "kind": "upstream"}]}"#,
+            "x",
+        ])
+        .current_dir(&a.root)
+        .env("GRIP_LIB_PATH", &a.lib_dir)
+        .env("GRIP_LOG", "debug")
+        .output()
+        .expect("run grip");
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    let shown: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains("the upstream is on fire") && !l.contains("DEBUG"))
+        .collect();
+    assert_eq!(shown.len(), 1, "{all}");
+    assert!(!all.contains('\u{1b}'), "no ANSI escapes in a pipe: {all}");
+    let run_lines: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains("DEBUG") && l.contains("task failed"))
+        .collect();
+    assert!(
+        run_lines.iter().all(|l| l.contains("task_id=")),
+        "{run_lines:?}"
+    );
+}

@@ -66,11 +66,8 @@ impl Console {
                     error,
                     usage,
                 } if !self.text_only => match error {
-                    Some(err) => line(
-                        &mut out,
-                        mid_line,
-                        format!("✖ prompt failed: {}", short(err, 200)),
-                    ),
+                    // The task's finish line that follows carries the error: say it once.
+                    Some(_) => line(&mut out, mid_line, "✖ prompt failed".to_owned()),
                     None => {
                         if !*mid_line && !output.is_empty() {
                             line(&mut out, mid_line, output.clone());
