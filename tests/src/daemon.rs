@@ -137,3 +137,20 @@ pub async fn metrics_containing(d: &Daemon, needle: &str) -> String {
     }
     text
 }
+
+/// POSTs a streaming task, reads until its first `TextChunkEvent`, then goes away (drops the
+/// connection): a client that leaves mid-stream.
+pub async fn leave_after_first_chunk(d: &Daemon, body: &Value) {
+    let r = client()
+        .post(d.url("/v1/tasks"))
+        .json(body)
+        .send()
+        .await
+        .expect("POST /v1/tasks");
+    let mut stream = r.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("TextChunkEvent") {
+        let chunk = stream.next().await.expect("a chunk before the end");
+        seen.push_str(&String::from_utf8_lossy(&chunk.expect("SSE chunk")));
+    }
+}

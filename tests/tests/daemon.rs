@@ -8,7 +8,6 @@ use std::time::Duration;
 use e2e::daemon::{Daemon, client, metrics_containing, post, sse};
 use e2e::mock_llm::{After, MockLlm, Reply, text_chunk};
 use e2e::{ManifestSpec, artifacts, scripted};
-use futures::StreamExt;
 use host::daemon::{AppState, DaemonConfig};
 use serde_json::{Value, json};
 
@@ -378,20 +377,8 @@ async fn upstream_failures_map_to_502_and_a_client_disconnect_cancels_the_upstre
         delay_ms: 30,
         after: After::End,
     }]);
-    let resp = client()
-        .post(d.url("/v1/tasks"))
-        .json(&json!({"driver": "openai", "input": "long", "stream": true, "config": {"base_url": mock.base_url()}}))
-        .send()
-        .await
-        .unwrap();
-    let mut body = resp.bytes_stream();
-    let mut seen = String::new();
-    while !seen.contains("TextChunkEvent") {
-        seen.push_str(&String::from_utf8_lossy(
-            &body.next().await.unwrap().unwrap(),
-        ));
-    }
-    drop(body);
+    let body = json!({"driver": "openai", "input": "long", "stream": true, "config": {"base_url": mock.base_url()}});
+    e2e::daemon::leave_after_first_chunk(&d, &body).await;
     for _ in 0..150 {
         if mock.abandoned() == 1 {
             break;

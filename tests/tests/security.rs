@@ -12,7 +12,6 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use e2e::daemon::{Daemon, client, post, sse};
 use e2e::{ManifestSpec, artifacts, scripted, serve_router};
-use futures::StreamExt;
 use host::daemon::DaemonConfig;
 use serde_json::{Value, json};
 
@@ -619,20 +618,7 @@ async fn cancelled_and_timed_out_tasks_end_with_their_finish_event() {
     assert!(gave_up.is_err());
     let body = json!({"driver": "scripted", "input": "a long answer to stream", "stream": true,
                       "config": {"delay_ms": 100, "chunk_chars": 1}});
-    let r = client()
-        .post(d.url("/v1/tasks"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let mut stream = r.bytes_stream();
-    let mut text = String::new();
-    while !text.contains("TextChunkEvent") {
-        text.push_str(&String::from_utf8_lossy(
-            &stream.next().await.unwrap().unwrap(),
-        ));
-    }
-    drop(stream);
+    e2e::daemon::leave_after_first_chunk(&d, &body).await;
     e2e::daemon::metrics_containing(&d, "outcome=\"cancelled\"} 2").await;
     assert_eq!(d.stop().abandoned, 0);
 
