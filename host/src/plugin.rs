@@ -18,7 +18,8 @@ use plugin_api::abi::{
 use plugin_api::abi_stable::std_types::{RNone, RResult, RSome, RString};
 use plugin_api::async_ffi::{ContextExt, FfiPoll};
 use plugin_api::wire::{
-    Event, PromptRequest, PromptResponse, StreamDelta, ToolInvocation, ToolOutput, ToolSpec,
+    Event, EventKind, PromptRequest, PromptResponse, StreamDelta, ToolInvocation, ToolOutput,
+    ToolSpec,
 };
 use plugin_api::{ErrorKind, PluginError};
 use serde::Serialize;
@@ -70,6 +71,15 @@ impl std::fmt::Debug for Plugin {
             .field("id", &self.inner.info.id)
             .field("library", &self.inner.library)
             .finish()
+    }
+}
+
+/// Whether a plugin-api version (`1.2.0`) is at least `major.minor`; an unreadable one is not.
+fn sdk_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
+    let mut parts = version.split('.').map(str::parse::<u64>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(ma)), Some(Ok(mi))) => (ma, mi) >= (major, minor),
+        _ => false,
     }
 }
 
@@ -152,6 +162,16 @@ impl Plugin {
     /// What the library says about itself.
     pub fn info(&self) -> &PluginInfo {
         &self.inner.info
+    }
+
+    /// Whether the plugin's SDK can parse an event of this kind. An older SDK fails a whole
+    /// batch on a type it does not know, so event types added since its plugin-api version are
+    /// left out of what a listener plugin is sent.
+    pub fn knows_event(&self, kind: &EventKind) -> bool {
+        match kind {
+            EventKind::PromptRetry { .. } => sdk_at_least(&self.inner.info.sdk_version, (1, 2)),
+            _ => true,
+        }
     }
 
     /// The manifest it was loaded from.
@@ -539,6 +559,27 @@ impl ListenerHandle {
         &self.plugin
     }
 
+    /// The batch as JSON, without the event types the plugin's SDK cannot parse (see
+    /// [`Plugin::knows_event`]); `None` when nothing is left to send.
+    fn batch(
+        &self,
+        operation: &'static str,
+        events: &[Event],
+    ) -> Result<Option<String>, CallError> {
+        let id = self.plugin.id();
+        if events.iter().all(|e| self.plugin.knows_event(&e.kind)) {
+            return encode(id, operation, &events).map(Some);
+        }
+        let known: Vec<&Event> = events
+            .iter()
+            .filter(|e| self.plugin.knows_event(&e.kind))
+            .collect();
+        if known.is_empty() {
+            return Ok(None);
+        }
+        encode(id, operation, &known).map(Some)
+    }
+
     /// Blocking publish of a batch.
     ///
     /// # Errors
@@ -547,8 +588,10 @@ impl ListenerHandle {
         let id = self.plugin.id();
         self.plugin
             .require(Kind::EventListener, Mode::Sync, "publish")?;
-        let batch = encode(id, "publish", &events)?;
-        to_call_error(id, "publish", self.inner.publish(batch.as_str().into()))
+        match self.batch("publish", events)? {
+            Some(batch) => to_call_error(id, "publish", self.inner.publish(batch.as_str().into())),
+            None => Ok(()),
+        }
     }
 
     /// Async publish of a batch.
@@ -559,8 +602,12 @@ impl ListenerHandle {
         let id = self.plugin.id();
         self.plugin
             .require(Kind::EventListener, Mode::Async, "publish_async")?;
-        let batch = encode(id, "publish_async", &events)?;
-        guarded(id, "publish_async", self.inner.publish_async(batch.into())).await
+        match self.batch("publish_async", events)? {
+            Some(batch) => {
+                guarded(id, "publish_async", self.inner.publish_async(batch.into())).await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Blocking flush.
@@ -583,5 +630,20 @@ impl ListenerHandle {
         self.plugin
             .require(Kind::EventListener, Mode::Async, "flush_async")?;
         guarded(id, "flush_async", self.inner.flush_async()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sdk_at_least;
+
+    #[test]
+    fn sdk_versions_compare_by_major_and_minor() {
+        assert!(sdk_at_least("1.2.0", (1, 2)));
+        assert!(sdk_at_least("1.10.3", (1, 2)));
+        assert!(sdk_at_least("2.0.0", (1, 2)));
+        assert!(!sdk_at_least("1.1.9", (1, 2)));
+        assert!(!sdk_at_least("1.0.0", (1, 2)));
+        assert!(!sdk_at_least("garbage", (1, 2)));
     }
 }

@@ -1221,6 +1221,11 @@ impl StreamAggregator {
                 self.finish = Some(reason);
                 None
             }
+            // The failed attempt's text, calls and usage are void; listeners are told so.
+            StreamDelta::Restart { attempt, reason } => {
+                *self = Self::new(&self.plugin);
+                Some(EventKind::PromptRetry { attempt, reason })
+            }
         }
     }
 

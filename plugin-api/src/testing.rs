@@ -9,7 +9,7 @@
 //!
 //! ```toml
 //! [dev-dependencies]
-//! plugin-api = { version = "1.1", features = ["testing"] }
+//! plugin-api = { version = "1.2", features = ["testing"] }
 //! ```
 //!
 //! ```
@@ -199,7 +199,8 @@ impl TestDriver {
         })
     }
 
-    /// Streams `request` to the end and returns the text, the deltas, or the first error.
+    /// Streams `request` to the end and returns the text (of the last attempt, when the driver
+    /// restarted the stream), or the first error.
     ///
     /// # Errors
     /// The first error, from opening or from the stream.
@@ -208,8 +209,10 @@ impl TestDriver {
         let mut stream = self.stream(request)?;
         let mut text = String::new();
         while let Some(delta) = stream.next().await {
-            if let StreamDelta::Text { text: t } = delta? {
-                text.push_str(&t);
+            match delta? {
+                StreamDelta::Text { text: t } => text.push_str(&t),
+                StreamDelta::Restart { .. } => text.clear(),
+                _ => {}
             }
         }
         Ok(text)

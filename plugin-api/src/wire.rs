@@ -255,6 +255,15 @@ pub enum StreamDelta {
         /// One of the [`finish_reason`] names.
         reason: String,
     },
+    /// The attempt so far failed (the stream was cut, say) and the driver is trying again:
+    /// everything this stream delivered before is void, and the deltas that follow are a
+    /// whole new answer. Since plugin-api 1.2; the host publishes it as `PromptRetryEvent`.
+    Restart {
+        /// The attempt that starts now (2 for the first retry).
+        attempt: u32,
+        /// Why the previous attempt failed.
+        reason: String,
+    },
 }
 
 /// A tool's description, with one JSON Schema per activity.
@@ -424,6 +433,17 @@ pub enum EventKind {
         #[serde(default)]
         partial_input: String,
     },
+    /// The driver's stream failed mid-way and is being sent again: discard the
+    /// `TextChunkEvent`s and `ActionChunkEvent`s since this prompt's `StartPromptEvent`; the
+    /// chunks that follow are a whole new answer. Since plugin-api 1.2 (listener plugins built
+    /// on an older one are not sent it).
+    #[serde(rename = "PromptRetryEvent")]
+    PromptRetry {
+        /// The attempt that starts now (2 for the first retry).
+        attempt: u32,
+        /// Why the previous attempt failed.
+        reason: String,
+    },
     /// Tool calls are about to run.
     #[serde(rename = "StartActionsSubtaskEvent")]
     StartActionsSubtask {
@@ -440,6 +460,9 @@ pub enum EventKind {
         /// One result message per call, in call order.
         results: Vec<Message>,
     },
+    /// An event type this plugin-api version does not know (a newer host's): skip it.
+    #[serde(other)]
+    Unknown,
 }
 
 impl EventKind {
@@ -454,6 +477,8 @@ impl EventKind {
             EventKind::ActionChunk { .. } => "ActionChunkEvent",
             EventKind::StartActionsSubtask { .. } => "StartActionsSubtaskEvent",
             EventKind::FinishActionsSubtask { .. } => "FinishActionsSubtaskEvent",
+            EventKind::PromptRetry { .. } => "PromptRetryEvent",
+            EventKind::Unknown => "Unknown",
         }
     }
 }
@@ -510,5 +535,23 @@ mod tests {
         let s = serde_json::to_string(&d).unwrap();
         assert!(s.contains("\"type\":\"tool_call\""));
         assert_eq!(serde_json::from_str::<StreamDelta>(&s).unwrap(), d);
+    }
+
+    #[test]
+    fn an_event_type_from_a_newer_host_is_unknown_not_an_error() {
+        let json = r#"{"id":"e","timestamp_ms":1,"type":"SomeFutureEvent","extra":1}"#;
+        let e: Event = serde_json::from_str(json).unwrap();
+        assert_eq!(e.kind, EventKind::Unknown);
+        let retry = Event::new(
+            "t",
+            "r",
+            EventKind::PromptRetry {
+                attempt: 2,
+                reason: "cut".into(),
+            },
+        );
+        let v = serde_json::to_value(&retry).unwrap();
+        assert_eq!(v["type"], "PromptRetryEvent");
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), retry);
     }
 }

@@ -182,6 +182,80 @@ pub enum Wire {
     Anthropic,
 }
 
+/// Faults injected into default (unscripted) replies, chosen per request by a seeded hash of
+/// the request's number, so a run is reproducible: `rate_limit_pct` percent of requests get a
+/// 429, and `truncate_pct` percent of the remaining streams are cut half-way (the connection
+/// dropped or the body ended without its end marker, alternately).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Share of requests answered with 429, in percent.
+    pub rate_limit_pct: u64,
+    /// Share of streamed answers cut before their end, in percent.
+    pub truncate_pct: u64,
+    /// Seed of the choice.
+    pub seed: u64,
+}
+
+impl Faults {
+    /// Reads `rate_limit=20 truncate=10 seed=1` style arguments; `None` when none is given.
+    pub fn from_args(args: &[String]) -> Option<Self> {
+        let mut f = Faults::default();
+        let mut any = false;
+        for a in args {
+            let Some((k, v)) = a.split_once('=') else {
+                continue;
+            };
+            let v: u64 = v.parse().ok()?;
+            match k {
+                "rate_limit" => f.rate_limit_pct = v,
+                "truncate" => f.truncate_pct = v,
+                "seed" => f.seed = v,
+                _ => continue,
+            }
+            any = true;
+        }
+        any.then_some(f)
+    }
+
+    /// splitmix64 of the request number: two independent draws in 0..100 and a coin.
+    fn draw(&self, n: u64) -> (u64, u64, bool) {
+        let mut z = self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z % 100, (z >> 20) % 100, (z >> 40) & 1 == 1)
+    }
+
+    /// The reply with this request's fault, if it draws one.
+    fn apply(&self, n: u64, wire: Wire, reply: Reply) -> Reply {
+        let (a, b, drop) = self.draw(n);
+        if a < self.rate_limit_pct {
+            return match wire {
+                Wire::OpenAi => Reply::error(429, "rate limited (injected)", "rate_limit_exceeded"),
+                Wire::Anthropic => {
+                    anthropic::error(429, "rate_limit_error", "rate limited (injected)")
+                }
+            };
+        }
+        match reply {
+            Reply::Sse {
+                mut events,
+                delay_ms,
+                ..
+            } if b < self.truncate_pct => {
+                events.truncate(events.len() / 2);
+                let after = if drop { After::Drop } else { After::End };
+                Reply::Sse {
+                    events,
+                    delay_ms,
+                    after,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 #[derive(Default)]
 struct MockState {
     wire: Wire,
@@ -193,6 +267,9 @@ struct MockState {
     in_flight: AtomicUsize,
     /// Latency added before every default reply.
     default_latency_ms: AtomicUsize,
+    /// Faults injected into default replies, and how many requests were numbered for them.
+    faults: Mutex<Option<Faults>>,
+    requests_seen: std::sync::atomic::AtomicU64,
 }
 
 /// The mock server. It runs until the process ends.
@@ -296,6 +373,11 @@ impl MockLlm {
     pub fn set_default_latency(&self, ms: usize) {
         self.state.default_latency_ms.store(ms, Ordering::SeqCst);
     }
+
+    /// Injects `faults` into every default (unscripted) reply from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.state.faults.lock().unwrap() = Some(faults);
+    }
 }
 
 fn last_user(body: &Value) -> String {
@@ -351,9 +433,14 @@ async fn handle(State(state): State<Arc<MockState>>, headers: HeaderMap, body: S
             if latency > 0 {
                 tokio::time::sleep(Duration::from_millis(latency)).await;
             }
-            match state.wire {
+            let reply = match state.wire {
                 Wire::OpenAi => openai_default(&json),
                 Wire::Anthropic => anthropic::default_reply(&json),
+            };
+            let n = state.requests_seen.fetch_add(1, Ordering::SeqCst);
+            match *state.faults.lock().unwrap() {
+                Some(f) => f.apply(n, state.wire, reply),
+                None => reply,
             }
         }
     };

@@ -91,12 +91,25 @@ pub async fn collect(d: &Driver, req: &PromptRequest) -> Vec<Result<StreamDelta,
     d.stream(req).expect("stream opens").collect().await
 }
 
-/// The text of the stream's items.
+/// The text of the stream's items: the last attempt's, when the driver restarted the stream.
 pub fn streamed_text(items: &[Result<StreamDelta, CallError>]) -> String {
+    let mut text = String::new();
+    for item in items {
+        match item {
+            Ok(StreamDelta::Text { text: t }) => text.push_str(t),
+            Ok(StreamDelta::Restart { .. }) => text.clear(),
+            _ => {}
+        }
+    }
+    text
+}
+
+/// The `(attempt, reason)` of each restart in the stream's items.
+pub fn restarts(items: &[Result<StreamDelta, CallError>]) -> Vec<(u32, String)> {
     items
         .iter()
         .filter_map(|d| match d {
-            Ok(StreamDelta::Text { text }) => Some(text.as_str()),
+            Ok(StreamDelta::Restart { attempt, reason }) => Some((*attempt, reason.clone())),
             _ => None,
         })
         .collect()

@@ -10,7 +10,7 @@ use e2e::mock_llm::anthropic::{
     sse_text, stream_error, text, text_delta, text_start, tool_start, tool_uses,
 };
 use e2e::mock_llm::{After, MockLlm, Reply, anthropic};
-use e2e::remote::{RemoteDriver, collect, last_error, request, streamed_text};
+use e2e::remote::{RemoteDriver, collect, last_error, request, restarts, streamed_text};
 use futures::StreamExt;
 use host::error::ErrorKind;
 use host::{Driver, EventBus, PromptTask};
@@ -505,7 +505,8 @@ async fn retries_on_529_5xx_and_429_with_retry_after_but_not_on_other_4xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_truncated_streams_error_events_and_dropped_connections() {
     let mock = MockLlm::start_anthropic();
-    let d = driver(&mock);
+    // No retries: each fault's own error is the answer (restarts are checked at the end).
+    let d = driver_with(&mock, json!({"http": {"retry": {"max_retries": 0}}}));
     mock.push([Reply::Raw {
         status: 200,
         body: "{\"content\": [".into(),
@@ -606,15 +607,35 @@ async fn malformed_bodies_truncated_streams_error_events_and_dropped_connections
         e.message.contains("dropped mid-stream") || e.message.contains("without message_stop"),
         "{e}"
     );
-    // Never retried once bytes arrived, but retried before the first byte.
     assert_eq!(mock.requests().len(), before + 1);
-    mock.push([
-        anthropic::error(529, "overloaded_error", "Overloaded"),
-        sse_text(&["ok"]),
-    ]);
-    let items = collect(&d, &request("x")).await;
-    assert!(items.iter().all(Result::is_ok), "{items:?}");
-    assert_eq!(mock.requests().len(), before + 3);
+
+    // With a retry budget: an overloaded error before the first byte, and a cut or an
+    // overloaded error event mid-stream, are each tried again; the cut attempt is void.
+    let d = driver(&mock);
+    for cut in [
+        sse(
+            vec![message_start(3), text_start(0), text_delta(0, "void")],
+            After::Drop,
+        ),
+        sse(
+            vec![
+                message_start(3),
+                text_start(0),
+                text_delta(0, "void"),
+                stream_error("overloaded_error", "Overloaded"),
+            ],
+            After::End,
+        ),
+    ] {
+        let before = mock.requests().len();
+        mock.push([anthropic::error(529, "overloaded_error", "Overloaded"), cut]);
+        let items = collect(&d, &request("x")).await;
+        assert!(items.iter().all(Result::is_ok), "{items:?}");
+        assert_eq!(restarts(&items).len(), 1, "{items:?}");
+        assert_eq!(restarts(&items)[0].0, 3);
+        assert_eq!(streamed_text(&items), "echo: x");
+        assert_eq!(mock.requests().len(), before + 3);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -447,12 +447,23 @@ async fn a_plugin_built_against_plugin_api_1_0_0_loads_and_works_in_this_host() 
         .unwrap();
     assert_eq!(out.text, "gen1 says streamed");
     let listener = p.new_listener(None).unwrap();
+    let event = |kind| plugin_api::wire::Event::new("t", "r", kind);
+    let start = event(plugin_api::wire::EventKind::StartTask { input: "x".into() });
+    // A type newer than its SDK (1.2's PromptRetryEvent) is left out of its batches: a 1.0
+    // SDK would refuse the whole batch.
+    let retry = event(plugin_api::wire::EventKind::PromptRetry {
+        attempt: 2,
+        reason: "cut".into(),
+    });
+    assert!(!p.knows_event(&retry.kind));
     listener
-        .publish_async(&[plugin_api::wire::Event::new(
-            "t",
-            "r",
-            plugin_api::wire::EventKind::StartTask { input: "x".into() },
-        )])
+        .publish_async(&[start.clone(), retry.clone()])
         .await
         .unwrap();
+    tokio::task::block_in_place(|| listener.publish(&[retry.clone()])).unwrap();
+    let bus = Arc::new(EventBus::new());
+    let _l = bus.add_listener(host::EventListener::new("gen1").driver(listener, 1));
+    bus.apublish_event(&start).await;
+    bus.apublish_event(&retry).await;
+    assert_eq!(bus.listener_failures(), 0);
 }

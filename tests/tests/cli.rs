@@ -195,6 +195,33 @@ fn run_executes_a_prompt_task_on_either_path_with_tools() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--output-schema must be JSON"));
 }
 
+/// A stream the upstream cuts is restarted, and the console says where the void text ends.
+#[test]
+fn the_console_marks_the_text_of_a_restarted_stream_as_void() {
+    let mock = e2e::mock_llm::MockLlm::start();
+    mock.push([e2e::mock_llm::Reply::Sse {
+        events: vec![e2e::mock_llm::text_chunk("void text")],
+        delay_ms: 0,
+        after: e2e::mock_llm::After::End,
+    }]);
+    let config = serde_json::json!({"base_url": mock.base_url(),
+        "http": {"retry": {"initial_backoff_ms": 5}}})
+    .to_string();
+    let out = grip(&["run", "--driver", "openai", "--config", &config, "again"]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(
+            "void text\n↻ attempt 2, the text above is void: the stream from http://127.0.0.1:"
+        ) && text.contains("ended without [DONE]\necho: again"),
+        "{text}"
+    );
+}
+
 /// A failed run says what failed once; logs to a pipe carry no colour codes, and every line of
 /// the run names its task.
 #[test]

@@ -543,3 +543,58 @@ async fn the_streamed_finish_event_carries_what_the_json_response_carries() {
     assert_eq!(data["output"], "{\"words\":3}", "{data}");
     d.stop();
 }
+
+/// A stream the upstream cuts is restarted by the driver; the SSE client gets a
+/// `PromptRetryEvent` (its reason withheld: this request chose the URL) and can take the text
+/// from the chunks after it, which match the final output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_upstream_stream_reaches_sse_clients_as_a_prompt_retry_event() {
+    let mock = MockLlm::start();
+    let d = Daemon::start(config());
+    mock.push([Reply::Sse {
+        events: vec![text_chunk("void "), text_chunk("text ")],
+        delay_ms: 0,
+        after: After::End,
+    }]);
+    let r = client()
+        .post(d.url("/v1/tasks"))
+        .json(
+            &json!({"driver": "openai", "input": "again", "stream": true,
+                       "config": {"base_url": mock.base_url()}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let events = sse(r).await;
+    let names: Vec<&str> = events.iter().map(|(n, _, _)| n.as_str()).collect();
+    let retry = names
+        .iter()
+        .position(|n| *n == "PromptRetryEvent")
+        .unwrap_or_else(|| panic!("{names:?}"));
+    assert_eq!(
+        &names[..retry],
+        [
+            "StartTaskEvent",
+            "StartPromptEvent",
+            "TextChunkEvent",
+            "TextChunkEvent"
+        ]
+    );
+    let data = &events[retry].1;
+    assert_eq!(data["attempt"], 2, "{data}");
+    assert!(
+        data["reason"].as_str().unwrap().contains("withheld"),
+        "{data}"
+    );
+    let text: String = events[retry..]
+        .iter()
+        .filter(|(n, _, _)| n == "TextChunkEvent")
+        .map(|(_, d, _)| d["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "echo: again");
+    let (name, finish, _) = events.last().unwrap();
+    assert_eq!(name, "FinishTaskEvent");
+    assert_eq!(finish["output"], "echo: again", "{finish}");
+    assert_eq!(mock.requests().len(), 2);
+    d.stop();
+}

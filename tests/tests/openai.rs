@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use e2e::mock_llm::{After, MockLlm, Reply, text_chunk, tool_chunk, usage_chunk};
-use e2e::remote::{RemoteDriver, collect, request};
+use e2e::remote::{RemoteDriver, collect, last_error, request, restarts, streamed_text};
 use futures::StreamExt;
 use host::error::ErrorKind;
 use host::{Driver, EventBus, PromptTask};
@@ -292,7 +292,8 @@ async fn retries_on_5xx_and_429_with_retry_after_but_not_on_other_4xx_or_exhaust
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_truncated_streams_and_dropped_connections_are_specific_errors() {
     let mock = MockLlm::start();
-    let d = driver(&mock);
+    // No retries: each fault's own error is the answer (restarts have a test of their own).
+    let d = driver_with(&mock, json!({"http": {"retry": {"max_retries": 0}}}));
     mock.push([Reply::Raw {
         status: 200,
         body: "{\"choices\": [".into(),
@@ -358,21 +359,97 @@ async fn malformed_json_truncated_streams_and_dropped_connections_are_specific_e
         e.message.contains("dropped mid-stream") || e.message.contains("ended without [DONE]"),
         "{e}"
     );
-    // A stream is never retried once bytes have arrived.
-    let before = mock.requests().len();
-    mock.push([Reply::Sse {
-        events: vec![text_chunk("a")],
+}
+
+/// A stream cut before `[DONE]` (ended early, dropped, or in the middle of a tool call) is sent
+/// again within the retry budget, after bytes arrived: a `Restart` says what was delivered is
+/// void, and the next attempt's deltas are the answer. Retries before a response (429, 5xx)
+/// and restarts share one budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_mid_way_is_restarted_within_the_retry_budget() {
+    let mock = MockLlm::start();
+    let d = driver(&mock); // max_retries 2
+    let cut = |events: Vec<String>, after| Reply::Sse {
+        events,
         delay_ms: 0,
-        after: After::Drop,
-    }]);
-    collect(&d, &request("x")).await;
+        after,
+    };
+    let tool_cut = vec![tool_chunk(
+        0,
+        Some("c"),
+        Some("TextTools_reverse"),
+        "{\"text\":",
+    )];
+    for (first, says) in [
+        (
+            cut(vec![text_chunk("void ")], After::End),
+            &["ended without [DONE]"][..],
+        ),
+        // A drop reads as either, depending on whether the close beats the last frame.
+        (
+            cut(vec![text_chunk("void ")], After::Drop),
+            &["dropped mid-stream", "ended without [DONE]"],
+        ),
+        (
+            cut(tool_cut, After::End),
+            &["in the middle of tool call #0"],
+        ),
+    ] {
+        mock.push([first]);
+        let items = collect(&d, &request("whole")).await;
+        assert!(items.iter().all(Result::is_ok), "{items:?}");
+        let r = restarts(&items);
+        assert_eq!(r.len(), 1, "{items:?}");
+        assert_eq!(r[0].0, 2);
+        assert!(says.iter().any(|s| r[0].1.contains(s)), "{r:?}");
+        assert_eq!(streamed_text(&items), "echo: whole");
+    }
+
+    // One budget: a 429, then a cut, then a whole stream is within 2 retries...
+    mock.push([
+        Reply::error(429, "slow down", "rate_limit_exceeded"),
+        cut(vec![text_chunk("void")], After::End),
+    ]);
+    let items = collect(&d, &request("mixed")).await;
+    assert_eq!(streamed_text(&items), "echo: mixed", "{items:?}");
+    assert_eq!(restarts(&items)[0].0, 3, "the restart is the third attempt");
+    // ... a 429, a 429 and a cut is not, and the error says so.
+    mock.push([
+        Reply::error(429, "slow down", "rate_limit_exceeded"),
+        Reply::error(429, "slow down", "rate_limit_exceeded"),
+        cut(vec![text_chunk("void")], After::End),
+    ]);
+    let items = collect(&d, &request("x")).await;
+    let e = last_error(&items);
+    assert!(
+        e.message.contains("ended without [DONE]") && e.message.contains("(after 3 attempts)"),
+        "{e}"
+    );
+    assert!(!e.retryable);
+    let before = mock.requests().len();
+    mock.push((0..3).map(|_| cut(vec![text_chunk("void")], After::Drop)));
+    let items = collect(&d, &request("x")).await;
+    assert_eq!(restarts(&items).len(), 2);
+    assert!(last_error(&items).message.contains("(after 3 attempts)"));
+    assert_eq!(mock.requests().len(), before + 3);
+
+    // `restart_streams = false`: a cut is the answer, at once.
+    let strict = driver_with(
+        &mock,
+        json!({"http": {"retry": {"restart_streams": false}}}),
+    );
+    let before = mock.requests().len();
+    mock.push([cut(vec![text_chunk("a")], After::End)]);
+    let items = collect(&strict, &request("x")).await;
+    assert!(last_error(&items).message.contains("ended without [DONE]"));
+    assert!(restarts(&items).is_empty());
     assert_eq!(mock.requests().len(), before + 1);
-    // ... but it is retried before its first byte.
+    // Still retried before its first byte.
     mock.push([
         Reply::error(503, "warming up", "x"),
         Reply::sse_text(&["ok"]),
     ]);
-    let items = collect(&d, &request("x")).await;
+    let items = collect(&strict, &request("x")).await;
     assert!(items.iter().all(Result::is_ok), "{items:?}");
     assert_eq!(mock.requests().len(), before + 3);
 }
@@ -468,6 +545,94 @@ async fn a_prompt_task_with_a_tool_round_trip_on_both_paths() {
         assert_eq!(roles, ["user", "assistant", "tool"]);
         assert_eq!(second["messages"][2]["content"], "4");
         let _ = Role::Tool;
+    }
+}
+
+/// A PromptTask whose first stream is cut in the middle of a tool call: the driver restarts it,
+/// the task publishes a `PromptRetryEvent` between the void chunks and the new ones, the tool
+/// runs once (after the whole second answer), and the output is right, on both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_stream_reaches_listeners_as_a_prompt_retry_event_on_both_paths() {
+    use plugin_api::wire::{Event, EventKind};
+    for path in ["sync", "async"] {
+        let mock = MockLlm::start();
+        let call = |args: &str| tool_chunk(0, Some("call_0"), Some("TextTools_word_count"), args);
+        mock.push([
+            Reply::Sse {
+                events: vec![text_chunk("void "), call("{\"text\": \"a b")],
+                delay_ms: 0,
+                after: After::Drop,
+            },
+            Reply::Sse {
+                events: vec![
+                    call(r#"{"text": "a b c"}"#),
+                    json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+                        .to_string(),
+                    "[DONE]".into(),
+                ],
+                delay_ms: 0,
+                after: After::End,
+            },
+            Reply::sse_text(&["three ", "words"]),
+        ]);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
+        let bus = std::sync::Arc::new(EventBus::new());
+        let s = seen.clone();
+        let _guard = bus.add_listener(host::EventListener::on_event(
+            "all",
+            move |e: Event| -> host::events::HandlerResult {
+                s.lock().unwrap().push(e);
+                Ok(None)
+            },
+        ));
+        let task = PromptTask::new(driver(&mock), "count")
+            .tool(remote().text_tools())
+            .stream(true)
+            .event_bus(bus);
+        let out = if path == "sync" {
+            tokio::task::block_in_place(|| task.run())
+        } else {
+            task.async_run().await
+        }
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(out.text, "three words", "{path}");
+        let events = seen.lock().unwrap().clone();
+        let names: Vec<&str> = events.iter().map(|e| e.kind.type_name()).collect();
+        let retry = names.iter().position(|n| *n == "PromptRetryEvent").unwrap();
+        assert_eq!(
+            names.iter().filter(|n| **n == "PromptRetryEvent").count(),
+            1
+        );
+        assert_eq!(
+            &names[..retry + 1],
+            [
+                "StartTaskEvent",
+                "StartPromptEvent",
+                "TextChunkEvent",
+                "ActionChunkEvent",
+                "PromptRetryEvent"
+            ],
+            "{path}"
+        );
+        assert_eq!(names[retry + 1], "ActionChunkEvent", "{names:?}");
+        assert_eq!(names[retry + 2], "FinishPromptEvent", "{names:?}");
+        let EventKind::PromptRetry { attempt, reason } = &events[retry].kind else {
+            unreachable!()
+        };
+        assert_eq!(*attempt, 2);
+        assert!(
+            reason.contains("mid-stream") || reason.contains("tool call #0"),
+            "{reason}"
+        );
+        // The tool ran once, on the whole arguments.
+        let subtasks: Vec<&Event> = events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::FinishActionsSubtask { .. }))
+            .collect();
+        assert_eq!(subtasks.len(), 1, "{path}");
+        let reqs = mock.requests();
+        assert_eq!(reqs.len(), 3, "{path}");
+        assert_eq!(reqs[2].body["messages"][2]["content"], "3", "{path}");
     }
 }
 

@@ -610,40 +610,48 @@ fn request_listener(
 
 /// One SSE frame; with `withhold`, driver error text in finish events is replaced, and with
 /// `output`, the finish event also carries what the JSON response would (`json`, `subtasks`).
-fn sse_frame(event: &Event, withhold: bool, output: Option<&TaskOutput>) -> Bytes {
-    let redacted;
-    let event = match &event.kind {
+/// The event with the upstream's words replaced by [`WITHHELD`], for a request that chose the
+/// URL; `None` when the event carries none.
+fn withheld(kind: &EventKind) -> Option<EventKind> {
+    let error = Some(WITHHELD.to_owned());
+    match kind {
         EventKind::FinishPrompt {
             error: Some(_),
             output,
             usage,
-        } if withhold => {
-            redacted = Event {
-                kind: EventKind::FinishPrompt {
-                    output: output.clone(),
-                    usage: *usage,
-                    error: Some(WITHHELD.into()),
-                },
-                ..event.clone()
-            };
-            &redacted
-        }
+        } => Some(EventKind::FinishPrompt {
+            output: output.clone(),
+            usage: *usage,
+            error,
+        }),
         EventKind::FinishTask {
             error: Some(e),
             output,
             usage,
-        } if withhold && !e.starts_with("task stopped:") => {
+        } if !e.starts_with("task stopped:") => Some(EventKind::FinishTask {
+            output: output.clone(),
+            usage: *usage,
+            error,
+        }),
+        EventKind::PromptRetry { attempt, .. } => Some(EventKind::PromptRetry {
+            attempt: *attempt,
+            reason: WITHHELD.to_owned(),
+        }),
+        _ => None,
+    }
+}
+
+fn sse_frame(event: &Event, withhold: bool, output: Option<&TaskOutput>) -> Bytes {
+    let redacted;
+    let event = match withheld(&event.kind).filter(|_| withhold) {
+        Some(kind) => {
             redacted = Event {
-                kind: EventKind::FinishTask {
-                    output: output.clone(),
-                    usage: *usage,
-                    error: Some(WITHHELD.into()),
-                },
+                kind,
                 ..event.clone()
             };
             &redacted
         }
-        _ => event,
+        None => event,
     };
     let data = match output {
         None => serde_json::to_string(event),

@@ -335,6 +335,7 @@ impl AnUsage {
 }
 
 /// What an open content block is.
+#[derive(Clone)]
 enum OpenBlock {
     Text,
     /// A tool call, with its position among the answer's calls.
@@ -352,7 +353,7 @@ enum OpenBlock {
 
 /// Decodes the SSE event sequence: `message_start`, `content_block_start` / `_delta` / `_stop`,
 /// `message_delta`, `message_stop`, with `ping` and `error` anywhere.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct StreamDecoder {
     output: Option<OutputTool>,
     open: BTreeMap<u64, OpenBlock>,
@@ -574,6 +575,7 @@ impl driver_http::SseDecoder for StreamDecoder {
             OpenBlock::Tool { ordinal, name } => Some((*ordinal, name.as_str())),
             _ => None,
         });
+        // A cut stream is worth another attempt: the driver restarts it within the budget.
         match open_tool {
             Some((i, name)) => PluginError::upstream(format!(
                 "the stream from {url} ended in the middle of tool call #{i} (`{name}`), without message_stop"
@@ -582,5 +584,6 @@ impl driver_http::SseDecoder for StreamDecoder {
                 PluginError::upstream(format!("the stream from {url} ended without message_stop"))
             }
         }
+        .retryable()
     }
 }

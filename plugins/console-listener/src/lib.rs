@@ -1,5 +1,6 @@
 //! An event listener driver that prints events for people: streamed text inline as it comes,
-//! one short line for everything else.
+//! one short line for everything else. When a driver restarts a cut stream, a `↻ attempt N`
+//! line says that the text printed before it is void.
 //!
 //! ```toml
 //! [config]
@@ -61,6 +62,16 @@ impl Console {
                     out.push_str(token);
                     *mid_line = true;
                 }
+                // Printed text cannot be taken back: say that it is void, in text-only mode too
+                // (a reader of the text must know where the answer starts again).
+                EventKind::PromptRetry { attempt, reason } => line(
+                    &mut out,
+                    mid_line,
+                    format!(
+                        "↻ attempt {attempt}, the text above is void: {}",
+                        short(reason, 160)
+                    ),
+                ),
                 EventKind::FinishPrompt {
                     output,
                     error,

@@ -8,14 +8,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
-use futures::{Stream, StreamExt};
-use plugin_api::wire::StreamDelta;
 use plugin_api::{DeltaStream, ErrorKind, PluginError};
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
+
+mod stream;
+pub use stream::{SseDecoder, SseEvent, decode_stream, sse_events};
 
 /// Timeouts, retries and extra headers, shared by every remote driver's config.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +63,10 @@ pub struct RetryPolicy {
     /// Longest back-off, and the longest `Retry-After` honoured (longer ones fail at once).
     #[serde(default = "defaults::max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// Whether a stream cut before its end is sent again (the consumer is told to discard what
+    /// it got). Off for consumers that cannot take output back once shown.
+    #[serde(default = "defaults::restart_streams")]
+    pub restart_streams: bool,
 }
 
 impl Default for RetryPolicy {
@@ -71,6 +75,7 @@ impl Default for RetryPolicy {
             max_retries: defaults::max_retries(),
             initial_backoff_ms: defaults::initial_backoff_ms(),
             max_backoff_ms: defaults::max_backoff_ms(),
+            restart_streams: defaults::restart_streams(),
         }
     }
 }
@@ -93,6 +98,9 @@ mod defaults {
     }
     pub fn max_backoff_ms() -> u64 {
         30_000
+    }
+    pub fn restart_streams() -> bool {
+        true
     }
 }
 
@@ -371,8 +379,8 @@ pub fn with_key_hint(mut e: PluginError, key_env: &str) -> PluginError {
 /// quota is exhausted) and 5xx are retried with back-off, honouring `Retry-After`; anything else
 /// fails at once with the status and a snippet of the upstream's error.
 ///
-/// `build` makes a fresh request for each attempt. Only the response head is awaited here, so a
-/// stream is retried only before its first byte.
+/// `build` makes a fresh request for each attempt. Only the response head is awaited here; a
+/// stream cut later is restarted by [`Endpoint::stream`] within the same budget.
 ///
 /// # Errors
 /// The last attempt's error, saying how many attempts were made.
@@ -382,9 +390,19 @@ pub async fn send_with_retry(
     policy: &RetryPolicy,
     classify: &impl Classify,
 ) -> Result<Response, PluginError> {
-    let mut retry = 0;
+    send_counting(&build, url, policy, classify, &mut 0).await
+}
+
+/// [`send_with_retry`] with the count of retries already spent on this call (a restarted
+/// stream's), advanced by each retry made here.
+pub(crate) async fn send_counting(
+    build: &impl Fn() -> RequestBuilder,
+    url: &str,
+    policy: &RetryPolicy,
+    classify: &impl Classify,
+    retries: &mut u32,
+) -> Result<Response, PluginError> {
     loop {
-        let attempt = retry + 1;
         let (error, wait) = match build().send().await {
             Ok(resp) if resp.status().is_success() => return Ok(resp),
             Ok(resp) => {
@@ -409,18 +427,10 @@ pub async fn send_with_retry(
             }
             Err(err) => (send_error(&err, url), None),
         };
-        if !error.retryable || retry >= policy.max_retries {
-            let mut error = error;
-            if attempt > 1 {
-                error
-                    .message
-                    .push_str(&format!(" (after {attempt} attempts)"));
-                // The retries this error deserved have been made.
-                error.retryable = false;
-            }
-            return Err(error);
+        if !error.retryable || *retries >= policy.max_retries {
+            return Err(exhausted(error, *retries + 1));
         }
-        let backoff = policy.backoff(retry);
+        let backoff = policy.backoff(*retries);
         let wait = match wait {
             Some(after) if after > Duration::from_millis(policy.max_backoff_ms) => {
                 let mut error = error;
@@ -437,14 +447,26 @@ pub async fn send_with_retry(
         // URL, attempt, wait and the error's text: headers (the key among them) are never logged.
         plugin_api::tracing::warn!(
             url,
-            attempt,
+            attempt = *retries + 1,
             wait_ms = wait.as_millis() as u64,
             error = %error.message,
             "retrying"
         );
         tokio::time::sleep(wait).await;
-        retry += 1;
+        *retries += 1;
     }
+}
+
+/// The final error of a call that made `attempts` attempts: it says so, and is no longer
+/// retryable (the retries it deserved have been made).
+pub(crate) fn exhausted(mut error: PluginError, attempts: u32) -> PluginError {
+    if attempts > 1 {
+        error
+            .message
+            .push_str(&format!(" (after {attempts} attempts)"));
+        error.retryable = false;
+    }
+    error
 }
 
 /// Reads a JSON response body, naming the upstream on malformed JSON.
@@ -462,175 +484,6 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
             snippet(&text, 200)
         ))
     })
-}
-
-/// One server-sent event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseEvent {
-    /// The `event:` field (empty for the default).
-    pub event: String,
-    /// The `data:` field.
-    pub data: String,
-}
-
-/// The response body as server-sent events, each awaited with the idle timeout. The stream
-/// ends when the body ends; a transport error or a silence longer than `idle` is a last item
-/// error.
-pub fn sse_events(
-    resp: Response,
-    url: &str,
-    idle: Duration,
-) -> impl Stream<Item = Result<SseEvent, PluginError>> + Send + use<> {
-    let url = url.to_owned();
-    let events = Box::pin(resp.bytes_stream().eventsource());
-    futures::stream::unfold(Some(events), move |state| {
-        let url = url.clone();
-        async move {
-            let mut events = state?;
-            match tokio::time::timeout(idle, events.next()).await {
-                Err(_) => Some((
-                    Err(PluginError::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "stream from {url} was idle for more than {} ms",
-                            idle.as_millis()
-                        ),
-                    )),
-                    None,
-                )),
-                Ok(None) => None,
-                Ok(Some(Ok(ev))) => Some((
-                    Ok(SseEvent {
-                        event: ev.event,
-                        data: ev.data,
-                    }),
-                    Some(events),
-                )),
-                Ok(Some(Err(e))) => Some((Err(mid_stream_error(&e, &url)), None)),
-            }
-        }
-    })
-}
-
-/// A 200 answer to a streaming request that is not `text/event-stream` (a JSON error body, a
-/// proxy's HTML page) is reported as what it is, not as a stream that ended early.
-async fn expect_event_stream(
-    resp: Response,
-    url: &str,
-    classify: &impl Classify,
-) -> Result<Response, PluginError> {
-    let content_type = resp
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    if essence.is_empty() || essence.eq_ignore_ascii_case("text/event-stream") {
-        return Ok(resp);
-    }
-    let body = resp.text().await.unwrap_or_default();
-    Err(PluginError::upstream(format!(
-        "expected an event stream from {url}, got `{content_type}`: {}",
-        classify.error_message(&body)
-    )))
-}
-
-/// A transport error while a stream was being read: a timeout (the whole-request timeout
-/// firing mid-stream) is a timeout, wherever in the error's source chain it is.
-fn mid_stream_error(
-    e: &eventsource_stream::EventStreamError<reqwest::Error>,
-    url: &str,
-) -> PluginError {
-    let mut timed_out =
-        matches!(e, eventsource_stream::EventStreamError::Transport(t) if t.is_timeout());
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        timed_out |= s
-            .downcast_ref::<reqwest::Error>()
-            .is_some_and(reqwest::Error::is_timeout)
-            || s.to_string().contains("timed out");
-        source = s.source();
-    }
-    if timed_out {
-        PluginError::new(
-            ErrorKind::Timeout,
-            format!("the request to {url} timed out mid-stream"),
-        )
-        .retryable()
-    } else {
-        PluginError::upstream(format!("the connection to {url} dropped mid-stream: {e}"))
-    }
-}
-
-/// A wire format's stream decoder: turns server-sent events into deltas and knows when the
-/// stream has properly ended.
-pub trait SseDecoder: Send + 'static {
-    /// Handles one event; an error ends the stream with that error.
-    ///
-    /// # Errors
-    /// Malformed events and errors the upstream reports in the stream.
-    fn on_event(&mut self, event: &SseEvent, url: &str) -> Result<Vec<StreamDelta>, PluginError>;
-
-    /// Whether the end-of-stream marker has been seen (no more events are read after it).
-    fn done(&self) -> bool;
-
-    /// The error for a body that ended before the end-of-stream marker (it should say what was
-    /// in progress, e.g. which tool call was cut off).
-    fn truncated(&self, url: &str) -> PluginError;
-}
-
-/// Decodes `events` with `decoder` until its end marker; a body that ends early, a transport
-/// error or a decoding error is the last item.
-pub fn decode_stream<D: SseDecoder>(
-    events: impl Stream<Item = Result<SseEvent, PluginError>> + Send + 'static,
-    url: String,
-    decoder: D,
-) -> impl Stream<Item = Result<StreamDelta, PluginError>> + Send + 'static {
-    let events = Box::pin(events);
-    futures::stream::unfold(Some((events, decoder)), move |state| {
-        let url = url.clone();
-        async move {
-            let (mut events, mut decoder) = state?;
-            loop {
-                if decoder.done() {
-                    return None;
-                }
-                match events.next().await {
-                    None => return Some((vec![Err(decoder.truncated(&url))], None)),
-                    Some(Err(e)) => return Some((vec![Err(e)], None)),
-                    Some(Ok(ev)) => match decoder.on_event(&ev, &url) {
-                        Err(e) => return Some((vec![Err(e)], None)),
-                        Ok(deltas) if deltas.is_empty() => continue,
-                        Ok(deltas) => {
-                            return Some((
-                                deltas.into_iter().map(Ok).collect(),
-                                Some((events, decoder)),
-                            ));
-                        }
-                    },
-                }
-            }
-        }
-    })
-    .flat_map(futures::stream::iter)
-}
-
-/// A stream whose request is sent lazily, on the first poll (so `stream()` returns at once and
-/// the caller's runtime drives the I/O): `open` sends the request and returns the delta stream;
-/// its error becomes the stream's only item.
-pub fn lazy_stream<F, S>(open: F) -> DeltaStream
-where
-    F: std::future::Future<Output = Result<S, PluginError>> + Send + 'static,
-    S: Stream<Item = Result<StreamDelta, PluginError>> + Send + 'static,
-{
-    futures::stream::once(open)
-        .map(|r| match r {
-            Ok(s) => s.boxed(),
-            Err(e) => futures::stream::once(async { Err(e) }).boxed(),
-        })
-        .flatten()
-        .boxed()
 }
 
 /// What every remote driver holds: the endpoint URL, the shared client, the HTTP settings and
@@ -704,25 +557,15 @@ impl Endpoint {
             .map_err(|e| with_key_hint(e, &self.key_env))
     }
 
-    /// A lazily sent streaming request, decoded by `decoder`: retried only before its first
-    /// byte, each event awaited with the idle timeout.
+    /// A lazily sent streaming request, decoded by `decoder`, each event awaited with the idle
+    /// timeout, restarted after a cut within the retry budget (see [`stream::restarting`]).
     pub fn stream<D: SseDecoder>(
         &self,
-        build: impl Fn() -> RequestBuilder + Send + 'static,
+        build: impl Fn() -> RequestBuilder + Send + Sync + 'static,
         classify: impl Classify + Send + Sync + 'static,
         decoder: D,
     ) -> DeltaStream {
-        let this = self.clone();
-        lazy_stream(async move {
-            let resp = this.send(build, &classify).await?;
-            let resp = expect_event_stream(resp, &this.url, &classify).await?;
-            let idle = Duration::from_millis(this.http.stream_idle_timeout_ms);
-            Ok(decode_stream(
-                sse_events(resp, &this.url, idle),
-                this.url.clone(),
-                decoder,
-            ))
-        })
+        stream::restarting(self.clone(), build, classify, decoder)
     }
 }
 

@@ -242,7 +242,7 @@ struct ChunkFunction {
 }
 
 /// Tracks a stream so that its end can be judged: `[DONE]` seen, tool calls still open.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct StreamState {
     done: bool,
     finished: bool,
@@ -327,7 +327,8 @@ impl driver_http::SseDecoder for StreamState {
             )),
             _ => PluginError::upstream(format!("the stream from {url} ended without [DONE]")),
         };
-        e.retryable = false;
+        // A cut stream is worth another attempt: the driver restarts it within the budget.
+        e.retryable = true;
         e
     }
 }
