@@ -21,6 +21,8 @@
 //! ```text
 //! StartTaskEvent
 //!   ( StartPromptEvent
+//!       ( (TextChunkEvent | ActionChunkEvent)* PromptRetryEvent )*  -- a cut stream sent again:
+//!                                                 -- the chunks before it are void
 //!       (TextChunkEvent | ActionChunkEvent)*      -- when streaming
 //!     FinishPromptEvent                           -- with usage; with the error if the call failed
 //!     [ StartActionsSubtaskEvent FinishActionsSubtaskEvent ]   -- when the model called tools

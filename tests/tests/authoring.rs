@@ -460,7 +460,7 @@ async fn a_plugin_built_against_plugin_api_1_0_0_loads_and_works_in_this_host() 
         .publish_async(&[start.clone(), retry.clone()])
         .await
         .unwrap();
-    tokio::task::block_in_place(|| listener.publish(&[retry.clone()])).unwrap();
+    tokio::task::block_in_place(|| listener.publish(std::slice::from_ref(&retry))).unwrap();
     let bus = Arc::new(EventBus::new());
     let _l = bus.add_listener(host::EventListener::new("gen1").driver(listener, 1));
     bus.apublish_event(&start).await;

@@ -18,9 +18,12 @@
 //! connect_timeout_ms = 10000
 //! request_timeout_ms = 600000
 //! stream_idle_timeout_ms = 60000
-//! retry = { max_retries = 2, initial_backoff_ms = 500, max_backoff_ms = 30000 }
+//! retry = { max_retries = 2, initial_backoff_ms = 500, max_backoff_ms = 30000, restart_streams = true }
 //! headers = { "X-Gateway" = "..." }
 //! ```
+//!
+//! One retry budget covers a call: 429s, 5xx and connect errors before a response, and a stream
+//! cut before `[DONE]` (sent again with a `Restart` delta first; see `driver_http`).
 //!
 //! A refusal comes back as the assistant's text with `finish_reason = "refusal"`. Tool-call
 //! arguments that are not valid JSON are passed on as a JSON string, so the host's schema check
