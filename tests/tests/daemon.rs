@@ -596,5 +596,7 @@ async fn a_restarted_upstream_stream_reaches_sse_clients_as_a_prompt_retry_event
     assert_eq!(name, "FinishTaskEvent");
     assert_eq!(finish["output"], "echo: again", "{finish}");
     assert_eq!(mock.requests().len(), 2);
+    let metrics = metrics_containing(&d, "grip_prompt_retries_total 1").await;
+    assert!(metrics.contains("grip_prompt_retries_total 1"), "{metrics}");
     d.stop();
 }

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub events: Counter,
     /// Failed plugin calls, by plugin.
     pub plugin_errors: Family<PluginLabel, Counter>,
+    /// Driver streams cut mid-way and sent again (`PromptRetryEvent`s).
+    pub prompt_retries: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -62,6 +64,7 @@ impl Default for Metrics {
         let in_flight = Gauge::default();
         let events = Counter::default();
         let plugin_errors = Family::<PluginLabel, Counter>::default();
+        let prompt_retries = Counter::default();
         registry.register("tasks", "Tasks by outcome", tasks.clone());
         registry.register(
             "task_duration_seconds",
@@ -84,6 +87,11 @@ impl Default for Metrics {
             "Failed plugin calls by plugin",
             plugin_errors.clone(),
         );
+        registry.register(
+            "prompt_retries",
+            "Driver streams cut mid-way and sent again",
+            prompt_retries.clone(),
+        );
         Self {
             registry,
             tasks,
@@ -92,6 +100,7 @@ impl Default for Metrics {
             in_flight,
             events,
             plugin_errors,
+            prompt_retries,
         }
     }
 }

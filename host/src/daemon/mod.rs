@@ -598,6 +598,9 @@ fn request_listener(
                         .observe(t.elapsed().as_secs_f64());
                 }
             }
+            EventKind::PromptRetry { .. } => {
+                state.metrics.prompt_retries.inc();
+            }
             _ => {}
         }
         if let Some(tx) = &relay {
