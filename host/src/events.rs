@@ -32,6 +32,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use plugin_api::wire::Event;
 
+use crate::bridge::{on_async_path, on_sync_path};
 use crate::error::CallError;
 use crate::manifest::{Kind, Mode};
 use crate::plugin::ListenerHandle;
@@ -180,57 +181,50 @@ impl BatchingDriver {
         Some(std::mem::take(&mut *buf))
     }
 
-    /// Sync path: the plugin's sync publish, or its async one driven to completion here.
-    fn send(&self, batch: &[Event]) -> Result<(), CallError> {
-        if self.handle.plugin().can(Kind::EventListener, Mode::Sync) {
-            self.handle.publish(batch)
-        } else {
-            futures::executor::block_on(self.handle.publish_async(batch))
-        }
+    fn can(&self, mode: Mode) -> bool {
+        self.handle.plugin().can(Kind::EventListener, mode)
     }
 
-    /// Async path: the plugin's async publish, or its sync one on a blocking thread.
+    /// Sync path (bridged by capability, see [`crate::bridge`]).
+    fn send(&self, batch: &[Event]) -> Result<(), CallError> {
+        let h = &self.handle;
+        on_sync_path(
+            self.can(Mode::Sync),
+            || h.publish(batch),
+            || h.publish_async(batch),
+        )
+    }
+
+    /// Async path (bridged by capability, see [`crate::bridge`]).
     async fn asend(&self, batch: Vec<Event>) -> Result<(), CallError> {
-        if self.handle.plugin().can(Kind::EventListener, Mode::Async) {
-            self.handle.publish_async(&batch).await
-        } else {
-            let handle = self.handle.clone();
-            run_blocking(move || handle.publish(&batch)).await
-        }
+        let (h, batch) = (self.handle.clone(), Arc::new(batch));
+        let for_thread = Arc::clone(&batch);
+        let async_call = || async move { self.handle.publish_async(&batch).await };
+        on_async_path(self.can(Mode::Async), async_call, move || {
+            h.publish(&for_thread)
+        })
+        .await
     }
 
     fn flush(&self) -> Result<(), CallError> {
         if let Some(batch) = self.take_batch(None, true) {
             self.send(&batch)?;
         }
-        if self.handle.plugin().can(Kind::EventListener, Mode::Sync) {
-            self.handle.flush()
-        } else {
-            futures::executor::block_on(self.handle.flush_async())
-        }
+        let h = &self.handle;
+        on_sync_path(self.can(Mode::Sync), || h.flush(), || h.flush_async())
     }
 
     async fn aflush(&self) -> Result<(), CallError> {
         if let Some(batch) = self.take_batch(None, true) {
             self.asend(batch).await?;
         }
-        if self.handle.plugin().can(Kind::EventListener, Mode::Async) {
-            self.handle.flush_async().await
-        } else {
-            let handle = self.handle.clone();
-            run_blocking(move || handle.flush()).await
-        }
-    }
-}
-
-/// Runs blocking work on tokio's blocking pool when inside a runtime, else in place.
-pub(crate) async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => match rt.spawn_blocking(f).await {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        },
-        Err(_) => f(),
+        let h = self.handle.clone();
+        on_async_path(
+            self.can(Mode::Async),
+            || self.handle.flush_async(),
+            move || h.flush(),
+        )
+        .await
     }
 }
 

@@ -13,7 +13,27 @@
 //! - [`error`]: the error types.
 //!
 //! The `grip` binary is a thin CLI over this library.
+//!
+//! # Sync and async: one rule
+//!
+//! **What you choose must fit the path; what the host reaches through plugins is bridged.**
+//!
+//! - *What you choose* is strict, as the spec has it: the run method and the task's driver
+//!   (`run()` needs the driver's `sync` capability, `async_run()` its `async` one, and a
+//!   streaming task `stream`), the publish method and the handlers on the bus (`publish_event`,
+//!   and so `run()`, refuses an async handler), and the custom subtask runners (`run()` refuses
+//!   an async-only one). A misfit is an error that names the plugin, listener or runner, raised
+//!   before anything is published.
+//! - *What the host reaches through plugins* on a task's behalf, tool calls and listener
+//!   driver plugins, runs in the path's mode when the plugin has it, else is bridged in one
+//!   place (`bridge`): on the async path a sync-only plugin runs on a blocking thread, on the
+//!   sync path an async-only plugin's future is driven on the calling thread (safe: it runs on
+//!   the plugin's own runtime). Sync code you choose (a sync handler, a sync runner) may run on
+//!   the async path the same way.
+//! - *Runners the host owns* (the daemon, `grip run` without `--path`) choose the path from
+//!   the driver's capabilities: async when the driver has it.
 
+mod bridge;
 pub mod check;
 pub mod daemon;
 pub mod error;

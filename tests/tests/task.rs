@@ -722,19 +722,30 @@ async fn custom_runners_replace_the_defaults_on_either_path() {
         })
     });
     let (bus, seen, _g) = recorded_bus();
-    PromptTask::new(driver("scripted", script), "x")
+    let task = PromptTask::new(driver("scripted", script), "x")
         .tool(tool("text-tools"))
         .subtask_runners(SubtaskRunners {
             async_actions: Some(async_runner),
             ..Default::default()
         })
-        .event_bus(bus)
-        .async_run()
-        .await
-        .unwrap();
+        .event_bus(bus);
+    task.async_run().await.unwrap();
     assert!(seen.lock().unwrap().iter().any(|e| {
         matches!(&e.kind, EventKind::FinishActionsSubtask { results, .. } if results[0].content == "from the async runner")
     }));
+    // An async-only runner cannot run on the sync path: refused before anything is published.
+    seen.lock().unwrap().clear();
+    let e = tokio::task::block_in_place(|| task.run()).unwrap_err();
+    assert!(
+        matches!(e, TaskError::AsyncRunnerOnSyncPath { runner: "actions" }),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("use async_run(), or set a sync runner too"),
+        "{e}"
+    );
+    assert!(seen.lock().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use plugin_api::wire::{FunctionSpec, Message, PromptRequest, PromptResponse, Role, Usage};
 use plugin_api::wire::WIRE_VERSION;
+use plugin_api::wire::{FunctionSpec, Message, PromptRequest, PromptResponse, Role, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -88,7 +88,11 @@ struct Compiled(OnceLock<Result<Arc<jsonschema::Validator>, String>>);
 
 impl std::fmt::Debug for Compiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() { "compiled" } else { "pending" })
+        f.write_str(if self.0.get().is_some() {
+            "compiled"
+        } else {
+            "pending"
+        })
     }
 }
 
@@ -130,23 +134,35 @@ impl Machine {
             validator: Compiled::default(),
         };
         if let Some(schema) = &m.config.output_schema {
-            let _ = m.validator.0.set(compile_schema(schema).map_err(|e| e.to_string()));
-            m.validator.0.get().and_then(|r| r.as_ref().err()).map_or(Ok(()), |e| {
-                Err(TaskError::InvalidOutputSchema(e.clone()))
-            })?;
+            let _ = m
+                .validator
+                .0
+                .set(compile_schema(schema).map_err(|e| e.to_string()));
+            m.validator
+                .0
+                .get()
+                .and_then(|r| r.as_ref().err())
+                .map_or(Ok(()), |e| Err(TaskError::InvalidOutputSchema(e.clone())))?;
         }
         Ok(m)
     }
 
-    /// Uses an output schema compiled elsewhere (the task compiles its schema once for all its
-    /// runs) instead of compiling it again.
-    #[must_use]
-    pub fn with_validator(self, validator: Arc<jsonschema::Validator>) -> Self {
+    /// [`Machine::new`] with the output schema already compiled (a task compiles its schema
+    /// once for all its runs): `validator` must be `config.output_schema`'s.
+    pub fn with_compiled_schema(
+        config: MachineConfig,
+        messages: Vec<Message>,
+        validator: Arc<jsonschema::Validator>,
+    ) -> Self {
         let compiled = Compiled::default();
         let _ = compiled.0.set(Ok(validator));
         Self {
+            config,
+            messages,
+            subtasks: 0,
+            usage: Usage::default(),
+            awaiting: Awaiting::Start,
             validator: compiled,
-            ..self
         }
     }
 
@@ -432,7 +448,10 @@ mod tests {
         assert_eq!(req.task_id.as_deref(), Some("t"));
         assert_eq!(req.messages.len(), 1);
         let out = done(m.on_response(text("hello", 5)));
-        assert_eq!((out.text.as_str(), out.usage.output_tokens, out.subtasks), ("hello", 5, 0));
+        assert_eq!(
+            (out.text.as_str(), out.usage.output_tokens, out.subtasks),
+            ("hello", 5, 0)
+        );
         assert_eq!(m.awaiting(), &Awaiting::Ended);
     }
 
@@ -459,7 +478,10 @@ mod tests {
             prompt(m.on_actions(results(&sub)));
         }
         match m.on_response(calls(1)) {
-            Next::Fail(TaskError::MaxSubtasks { limit: 2, last_errors }) => {
+            Next::Fail(TaskError::MaxSubtasks {
+                limit: 2,
+                last_errors,
+            }) => {
                 assert!(last_errors.is_empty())
             }
             other => panic!("{other:?}"),
@@ -468,7 +490,10 @@ mod tests {
         // A zero limit refuses the first tool round.
         let mut m = machine(config(0));
         m.start();
-        assert!(matches!(m.on_response(calls(1)), Next::Fail(TaskError::MaxSubtasks { .. })));
+        assert!(matches!(
+            m.on_response(calls(1)),
+            Next::Fail(TaskError::MaxSubtasks { .. })
+        ));
     }
 
     #[test]
@@ -492,15 +517,22 @@ mod tests {
             ..config(1)
         });
         m.start();
-        let Next::Validate(t) = m.on_response(text("{\"x\": 1}", 1)) else { panic!() };
+        let Next::Validate(t) = m.on_response(text("{\"x\": 1}", 1)) else {
+            panic!()
+        };
         let v = m.validate(&t);
         let errors = v.clone().unwrap_err();
-        assert!(errors[0].contains("\"n\" is a required property"), "{errors:?}");
+        assert!(
+            errors[0].contains("\"n\" is a required property"),
+            "{errors:?}"
+        );
         let req = prompt(m.on_validation(v));
         let last = req.messages.last().unwrap();
         assert!(last.content.contains("Fix these errors") && last.content.contains("\"n\""));
         // A fenced answer is valid JSON.
-        let Next::Validate(t) = m.on_response(text("```json\n{\"n\": 2}\n```", 1)) else { panic!() };
+        let Next::Validate(t) = m.on_response(text("```json\n{\"n\": 2}\n```", 1)) else {
+            panic!()
+        };
         let out = done(m.on_validation(m.validate(&t)));
         assert_eq!(out.json, Some(json!({"n": 2})));
         assert_eq!(out.text, "```json\n{\"n\": 2}\n```");
@@ -512,10 +544,15 @@ mod tests {
             ..config(0)
         });
         m.start();
-        let Next::Validate(t) = m.on_response(text("not json", 1)) else { panic!() };
+        let Next::Validate(t) = m.on_response(text("not json", 1)) else {
+            panic!()
+        };
         match m.on_validation(m.validate(&t)) {
             Next::Fail(TaskError::MaxSubtasks { last_errors, .. }) => {
-                assert!(last_errors[0].starts_with("not valid JSON"), "{last_errors:?}")
+                assert!(
+                    last_errors[0].starts_with("not valid JSON"),
+                    "{last_errors:?}"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -546,7 +583,10 @@ mod tests {
         assert!(matches!(m.start(), Next::Fail(TaskError::Internal(_))));
         let mut m = machine(config(3));
         m.start();
-        assert!(matches!(m.on_validation(Ok(Value::Null)), Next::Fail(TaskError::Internal(_))));
+        assert!(matches!(
+            m.on_validation(Ok(Value::Null)),
+            Next::Fail(TaskError::Internal(_))
+        ));
     }
 
     #[test]
@@ -565,11 +605,19 @@ mod tests {
         assert_eq!(actions(resumed.pending().unwrap()).calls, sub.calls);
         for machine in [&mut m, &mut resumed] {
             prompt(machine.on_actions(results(&sub)));
-            let Next::Validate(t) = machine.on_response(text("{}", 4)) else { panic!() };
+            let Next::Validate(t) = machine.on_response(text("{}", 4)) else {
+                panic!()
+            };
             // The resumed machine compiles its schema again on first use.
             let out = done(machine.on_validation(machine.validate(&t)));
-            assert_eq!((out.subtasks, out.usage.output_tokens, out.json), (1, 5, Some(json!({}))));
+            assert_eq!(
+                (out.subtasks, out.usage.output_tokens, out.json),
+                (1, 5, Some(json!({})))
+            );
         }
-        assert_eq!(serde_json::to_value(&m).unwrap(), serde_json::to_value(&resumed).unwrap());
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            serde_json::to_value(&resumed).unwrap()
+        );
     }
 }
