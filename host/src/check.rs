@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::error::CallError;
 use crate::manifest::{Kind, Mode};
+use crate::models::HostConfig;
 use crate::plugin::Plugin;
 
 /// How one check went.
@@ -210,14 +211,18 @@ fn describe_response(r: plugin_api::wire::PromptResponse) -> String {
 }
 
 /// Calls each capability `plugin` declares once and reports.
-pub async fn exercise(plugin: &Plugin, options: &CheckOptions) -> Vec<CheckLine> {
+pub async fn exercise(
+    plugin: &Plugin,
+    host: &HostConfig,
+    options: &CheckOptions,
+) -> Vec<CheckLine> {
     let mut report = Report {
         lines: Vec::new(),
         timeout: options.timeout,
     };
     let config = options.config.as_ref();
     if plugin.is(Kind::PromptDriver) {
-        match plugin.new_driver(config) {
+        match host.new_driver(plugin, config) {
             Err(e) => report.fail("prompt_driver new".into(), e.to_string()),
             Ok(driver) => {
                 let request = PromptRequest::new(vec![Message::user("Say hello in one word.")]);

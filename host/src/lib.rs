@@ -5,6 +5,7 @@
 //! - [`loader`]: loading one library with every safety check.
 //! - [`registry`]: all plugins found, loaded or refused.
 //! - [`plugin`]: safe handles to a loaded plugin's instances.
+//! - [`spec`]: a task as a front end asks for it (TaskSpec), checked and built one way.
 //! - [`task`]: PromptTask, its sync and async paths, and the loop they share.
 //! - [`events`]: the event bus and event listeners.
 //! - [`daemon`]: the HTTP service (`grip serve`).
@@ -45,6 +46,7 @@ pub mod overrides;
 pub mod plugin;
 pub mod registry;
 pub mod scaffold;
+pub mod spec;
 pub mod task;
 
 pub use error::{CallError, LoadError};

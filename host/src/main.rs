@@ -9,7 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 
 use host::daemon::{self, DaemonConfig};
-use host::{EventBus, EventListener, Kind, LoaderOptions, Mode, PromptTask, Registry};
+use host::models::HostConfig;
+use host::spec::{self, BuiltTask, PathChoice, Permissive, TaskSpec};
+use host::{EventBus, EventListener, Kind, LoaderOptions, Mode, Registry};
 
 /// A plugin host for LLM prompt drivers, tools and event listeners.
 #[derive(Parser)]
@@ -308,7 +310,13 @@ fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let lines = rt.block_on(host::check::exercise(p, &options));
+            // A driver is made the one way every front makes it: with its model prepared.
+            let mut host_config = HostConfig::default();
+            if let Err(e) = rt.block_on(host_config.prepare(p, &host::models::cache_dir(), true)) {
+                println!("  FAIL prepare model: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            let lines = rt.block_on(host::check::exercise(p, &host_config, &options));
             let mut failed = false;
             for line in &lines {
                 let (tag, text) = match &line.outcome {
@@ -388,56 +396,43 @@ fn json_arg(what: &str, value: &str) -> anyhow::Result<serde_json::Value> {
 
 fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::load_dirs(&args.load.manifest_dirs, &args.load.options());
-    // The error lists the plugins of the kind asked for, not every plugin loaded.
-    let find = |id: &str, kind: Kind| {
-        registry.get(id).with_context(|| {
-            let known: Vec<&str> = registry.of_kind(kind).map(|p| p.id()).collect();
-            let known = if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            };
-            format!("no loaded {kind} `{id}` (loaded {kind}s: {known}; see `grip plugins list`)")
-        })
+    let plugin = spec::find(&registry, &args.driver, Kind::PromptDriver, "driver")?;
+    let spec = TaskSpec {
+        driver: Some(args.driver.clone()),
+        config: args
+            .config
+            .as_deref()
+            .map(|c| json_arg("--config", c))
+            .transpose()?,
+        input: args.input,
+        tools: args.tools,
+        output_schema: args
+            .output_schema
+            .as_deref()
+            .map(|s| json_arg("--output-schema", s))
+            .transpose()?,
+        max_subtasks: Some(args.max_subtasks),
+        stream: !args.no_stream && plugin.can(Kind::PromptDriver, Mode::Stream),
+        rules: args.rules,
+        path: match args.path {
+            RunPath::Auto => PathChoice::Auto,
+            RunPath::Sync => PathChoice::Sync,
+            RunPath::Async => PathChoice::Async,
+        },
     };
-    let plugin = find(&args.driver, Kind::PromptDriver)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     // A driver that needs a model file gets it now (downloaded once, then cached).
-    rt.block_on(host::models::prepare(
-        plugin,
-        &host::models::cache_dir(),
-        true,
-    ))
-    .with_context(|| format!("preparing the model of `{}`", plugin.id()))?;
-    let overrides = args
-        .config
-        .as_deref()
-        .map(|c| json_arg("--config", c))
-        .transpose()?;
-    let driver = plugin.new_driver(overrides.as_ref())?;
-    let stream = !args.no_stream && plugin.can(Kind::PromptDriver, Mode::Stream);
-    let use_async = match args.path {
-        RunPath::Auto => plugin.can(Kind::PromptDriver, Mode::Async),
-        RunPath::Sync => false,
-        RunPath::Async => true,
-    };
-
+    let mut host_config = HostConfig::default();
+    rt.block_on(host_config.prepare(plugin, &host::models::cache_dir(), true))
+        .with_context(|| format!("preparing the model of `{}`", plugin.id()))?;
+    let BuiltTask {
+        task, use_async, ..
+    } = spec.build(&registry, &host_config, &Permissive)?;
+    let stream = spec.stream;
     let bus = Arc::new(EventBus::new());
-    let mut task = PromptTask::new(driver, args.input)
-        .stream(stream)
-        .max_subtasks(args.max_subtasks)
-        .event_bus(Arc::clone(&bus));
-    for id in &args.tools {
-        task = task.tool(find(id, Kind::Tool)?.new_tool(None)?);
-    }
-    for r in args.rules {
-        task = task.rule(r);
-    }
-    if let Some(s) = &args.output_schema {
-        task = task.output_schema(json_arg("--output-schema", s)?);
-    }
+    let task = task.event_bus(Arc::clone(&bus));
     // Listener plugins see the run; by default the console plugin prints it as it happens.
     let listener_ids = match (&args.listeners[..], args.json) {
         ([], true) => Vec::new(),
@@ -447,7 +442,8 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
     let console_shown = listener_ids.iter().any(|id| id == "console");
     let mut guards = Vec::new();
     for id in &listener_ids {
-        let handle = find(id, Kind::EventListener)?.new_listener(None)?;
+        let handle =
+            spec::find(&registry, id, Kind::EventListener, "listener")?.new_listener(None)?;
         guards.push(bus.add_listener(EventListener::new(id.clone()).driver(handle, 1)));
     }
 
@@ -513,8 +509,9 @@ fn serve(config: Option<PathBuf>, bind: Option<std::net::SocketAddr>) -> anyhow:
             .await
             .with_context(|| format!("cannot listen on {}", config.server.bind))?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(daemon::AppState::new(config, addr)?);
+        let mut state = daemon::AppState::new(config, addr)?;
         state.prepare_models().await;
+        let state = Arc::new(state);
         for r in state.registry().refused() {
             tracing::warn!("{}", r.error);
         }

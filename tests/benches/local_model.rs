@@ -18,27 +18,25 @@ fn main() {
     let registry = first_party_registry();
     let plugin = registry.get("local").unwrap().clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(host::models::prepare(
-        &plugin,
-        &host::models::cache_dir(),
-        true,
-    ))
-    .unwrap();
+    let mut host_config = host::models::HostConfig::default();
+    rt.block_on(host_config.prepare(&plugin, &host::models::cache_dir(), true))
+        .unwrap();
     let rss_before = rss_mib();
 
     let t = Instant::now();
-    let driver = plugin
-        .new_driver(Some(
-            &json!({"temperature": 0.0, "max_tokens": 128, "n_ctx": 2048}),
-        ))
+    let driver = host_config
+        .new_driver(
+            &plugin,
+            Some(&json!({"temperature": 0.0, "max_tokens": 128, "n_ctx": 2048})),
+        )
         .unwrap();
     let load = t.elapsed();
     let rss_loaded = rss_mib();
 
     // Prompt processing: a long prompt, one generated token.
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(40);
-    let one = plugin
-        .new_driver(Some(&json!({"temperature": 0.0, "max_tokens": 1})))
+    let one = host_config
+        .new_driver(&plugin, Some(&json!({"temperature": 0.0, "max_tokens": 1})))
         .unwrap();
     let req = PromptRequest::new(vec![Message::user(format!("Summarise: {long}"))]);
     one.prompt(&req).unwrap(); // warm-up
@@ -67,8 +65,9 @@ fn main() {
         c.plugins.lib_dirs = vec![a.lib_dir.clone()];
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(host::daemon::AppState::new(c, addr).unwrap());
+        let mut state = host::daemon::AppState::new(c, addr).unwrap();
         state.prepare_models().await;
+        let state = Arc::new(state);
         tokio::spawn(host::daemon::serve(state, listener, futures::future::pending()));
         let client = reqwest::Client::new();
         let mut samples = Vec::new();

@@ -195,6 +195,23 @@ fn run_executes_a_prompt_task_on_either_path_with_tools() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--output-schema must be JSON"));
 }
 
+/// `plugins check` makes a driver the way every front does, with its model prepared: the
+/// default driver checks out (it once failed with "`model_path` is not set").
+#[test]
+fn plugins_check_passes_for_the_default_local_driver() {
+    let manifest = artifacts().root.join("manifests/local.toml");
+    let out = grip(&["plugins", "check", manifest.to_str().unwrap(), "--strict"]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ok   prompt_driver sync prompt"), "{text}");
+    assert!(text.contains("ok   prompt_driver async prompt"), "{text}");
+    assert!(!text.contains("model_path"), "{text}");
+}
+
 /// A stream the upstream cuts is restarted, and the console says where the void text ends.
 #[test]
 fn the_console_marks_the_text_of_a_restarted_stream_as_void() {

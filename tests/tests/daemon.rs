@@ -184,12 +184,12 @@ async fn bad_requests_get_specific_json_errors() {
         (
             json!({"driver": "nope", "input": "x"}),
             404,
-            "no loaded plugin `nope`",
+            "driver: no loaded prompt_driver `nope` (loaded prompt_drivers: ",
         ),
         (
             json!({"driver": "scripted", "input": "x", "tools": ["nope"]}),
             404,
-            "tools: no loaded plugin `nope`",
+            "tools: no loaded tool `nope` (loaded tools: text-tools)",
         ),
         (
             json!({"driver": "text-tools", "input": "x"}),

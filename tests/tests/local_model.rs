@@ -5,38 +5,38 @@ use std::sync::OnceLock;
 
 use e2e::first_party_registry;
 use futures::StreamExt;
+use host::models::HostConfig;
 use host::{Driver, Registry};
 use plugin_api::wire::{FunctionSpec, Message, PromptRequest, StreamDelta};
 use serde_json::json;
 
-fn registry() -> &'static Registry {
-    static R: OnceLock<Registry> = OnceLock::new();
+/// The first-party plugins, and the host config with the local model prepared.
+fn registry() -> &'static (Registry, HostConfig) {
+    static R: OnceLock<(Registry, HostConfig)> = OnceLock::new();
     R.get_or_init(|| {
         let r = first_party_registry();
         let plugin = r.get("local").unwrap().clone();
         // On a thread of its own: the tests calling this are already inside a runtime.
-        let path = std::thread::spawn(move || {
+        let (host, path) = std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(host::models::prepare(
-                &plugin,
-                &host::models::cache_dir(),
-                false,
-            ))
+            let mut host = HostConfig::default();
+            let path = rt.block_on(host.prepare(&plugin, &host::models::cache_dir(), false));
+            (host, path)
         })
         .join()
-        .unwrap()
         .unwrap();
-        assert!(path.is_none_or(|p| p.is_file()));
-        r
+        assert!(path.unwrap().is_none_or(|p| p.is_file()));
+        (r, host)
     })
 }
 
+fn local_driver(overrides: serde_json::Value) -> Result<Driver, host::CallError> {
+    let (r, host) = registry();
+    host.new_driver(r.get("local").unwrap(), Some(&overrides))
+}
+
 fn driver(max_tokens: u32) -> Driver {
-    registry()
-        .get("local")
-        .unwrap()
-        .new_driver(Some(&json!({"temperature": 0.0, "max_tokens": max_tokens})))
-        .unwrap()
+    local_driver(json!({"temperature": 0.0, "max_tokens": max_tokens})).unwrap()
 }
 
 fn question() -> PromptRequest {
@@ -116,10 +116,6 @@ async fn tools_are_refused_with_a_clear_error() {
     });
     let e = driver(8).prompt_async(&req).await.unwrap_err();
     assert!(e.message.contains("does not call tools"), "{e}");
-    let e = registry()
-        .get("local")
-        .unwrap()
-        .new_driver(Some(&json!({"model_path": "/nonexistent/model.gguf"})))
-        .unwrap_err();
+    let e = local_driver(json!({"model_path": "/nonexistent/model.gguf"})).unwrap_err();
     assert!(e.message.contains("is not a readable GGUF file"), "{e}");
 }

@@ -46,7 +46,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
 use plugin_api::wire::{Event, EventKind};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
@@ -57,9 +56,11 @@ use metrics::Metrics;
 
 use crate::error::{CallError, ErrorKind};
 use crate::events::{EventBus, EventListener, HandlerResult};
-use crate::manifest::{Kind, Mode};
+use crate::manifest::Kind;
+use crate::models::HostConfig;
 use crate::plugin::Plugin;
 use crate::registry::Registry;
+use crate::spec::{BuiltTask, Policy, SpecError, TaskSpec};
 use crate::task::{PromptTask, StopReason, TaskError, TaskOutput};
 use guard::GuardPolicy;
 
@@ -83,6 +84,8 @@ pub struct AppState {
     task_permits: Arc<Semaphore>,
     blocking_permits: Arc<Semaphore>,
     metrics: Metrics,
+    /// Config the host resolved for plugins (fetched models' paths).
+    host: HostConfig,
     global_listeners: Vec<EventListener>,
     guard: GuardPolicy,
     /// Set at the end of the shutdown grace: every task still running stops.
@@ -107,12 +110,11 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Loads the plugins and the global listeners, and checks the security settings against
-    /// the address the server will listen on.
+    /// Loads the plugins (reading the token from the environment), then
+    /// [`AppState::from_parts`]. Model files are not fetched: see [`AppState::prepare_models`].
     ///
     /// # Errors
-    /// [`DaemonError::Config`] when the token variable is missing, or a non-loopback address
-    /// has no token, or a global listener cannot be made.
+    /// [`DaemonError::Config`] when the token variable is missing, or as for `from_parts`.
     pub fn new(config: DaemonConfig, addr: SocketAddr) -> Result<Self, DaemonError> {
         let token = match &config.server.auth_token_env {
             Some(var) => match std::env::var(var) {
@@ -125,33 +127,29 @@ impl AppState {
             },
             None => None,
         };
+        let registry = Registry::load_dirs(&config.plugins.manifest_dirs, &config.loader_options());
+        Self::from_parts(config, registry, token, addr)
+    }
+
+    /// The state from its parts, with no I/O: a registry loaded by the caller, the bearer
+    /// token (if any) and the address the server will listen on, which the security settings
+    /// are checked against. For tests of the router in-process, too.
+    ///
+    /// # Errors
+    /// [`DaemonError::Config`] when a non-loopback address has no token, or a global listener
+    /// cannot be made.
+    pub fn from_parts(
+        config: DaemonConfig,
+        registry: Registry,
+        token: Option<String>,
+        addr: SocketAddr,
+    ) -> Result<Self, DaemonError> {
         if token.is_none() && !addr.ip().is_loopback() {
             return Err(DaemonError::Config(format!(
                 "refusing to listen on {addr} without authentication: set server.auth_token_env (or bind 127.0.0.1)"
             )));
         }
-        let registry = Registry::load_dirs(&config.plugins.manifest_dirs, &config.loader_options());
-        let mut global_listeners = Vec::new();
-        for l in &config.listeners {
-            let plugin = registry.get(&l.plugin).ok_or_else(|| {
-                DaemonError::Config(format!(
-                    "listeners: plugin `{}` is not loaded (see GET /v1/plugins)",
-                    l.plugin
-                ))
-            })?;
-            let overrides = match &l.config {
-                Some(t) => {
-                    Some(serde_json::to_value(t).map_err(|e| DaemonError::Config(e.to_string()))?)
-                }
-                None => None,
-            };
-            let handle = plugin
-                .new_listener(overrides.as_ref())
-                .map_err(|e| DaemonError::Config(format!("listeners: {e}")))?;
-            global_listeners.push(
-                EventListener::new(format!("global:{}", l.plugin)).driver(handle, l.batch_size),
-            );
-        }
+        let global_listeners = global_listeners(&registry, &config)?;
         warn_about_sensitive_overrides(&registry, &config);
         let guard = GuardPolicy::new(
             addr.ip().is_loopback(),
@@ -167,6 +165,7 @@ impl AppState {
             blocking_permits: Arc::new(Semaphore::new(config.server.blocking_threads.max(1))),
             metrics: Metrics::default(),
             registry,
+            host: HostConfig::default(),
             token,
             global_listeners,
             config,
@@ -175,10 +174,10 @@ impl AppState {
 
     /// Fetches the model files the loaded drivers need (see [`crate::models`]); a failure is
     /// logged and leaves that driver's tasks failing with the reason.
-    pub async fn prepare_models(&self) {
+    pub async fn prepare_models(&mut self) {
         let cache = crate::models::cache_dir();
         for p in self.registry.of_kind(Kind::PromptDriver) {
-            match crate::models::prepare(p, &cache, false).await {
+            match self.host.prepare(p, &cache, false).await {
                 Ok(Some(path)) => {
                     tracing::info!(plugin = p.id(), path = %path.display(), "model ready")
                 }
@@ -193,24 +192,6 @@ impl AppState {
         &self.registry
     }
 
-    /// The config keys a request may override for `plugin`: the daemon config's list for it,
-    /// else the manifest's; and where that list is set, for error messages.
-    pub fn overridable<'a>(&'a self, plugin: &'a Plugin) -> (&'a [String], String) {
-        match self.config.plugins.overrides.get(plugin.id()) {
-            Some(keys) => (
-                keys,
-                format!("`[plugins.overrides] {}` in the daemon config", plugin.id()),
-            ),
-            None => (
-                &plugin.manifest().overridable,
-                format!(
-                    "`[overrides] allow` in {}",
-                    plugin.manifest().path.display()
-                ),
-            ),
-        }
-    }
-
     /// Flushes the global listener drivers (at shutdown).
     pub async fn flush_listeners(&self) {
         let bus = Arc::new(EventBus::new());
@@ -221,6 +202,65 @@ impl AppState {
             .collect();
         bus.aflush().await;
     }
+}
+
+/// What a request may do: the daemon config's limits and override lists.
+impl Policy for AppState {
+    fn default_driver(&self) -> Option<&str> {
+        self.config.defaults.driver.as_deref()
+    }
+
+    fn max_subtasks_cap(&self) -> Option<usize> {
+        Some(self.config.server.max_subtasks_cap)
+    }
+
+    fn max_tools(&self) -> usize {
+        MAX_TOOLS
+    }
+
+    /// The daemon config's list for the plugin, else the manifest's.
+    fn overridable<'a>(&'a self, plugin: &'a Plugin) -> Option<(&'a [String], String)> {
+        Some(match self.config.plugins.overrides.get(plugin.id()) {
+            Some(keys) => (
+                keys.as_slice(),
+                format!("`[plugins.overrides] {}` in the daemon config", plugin.id()),
+            ),
+            None => (
+                plugin.manifest().overridable.as_slice(),
+                format!(
+                    "`[overrides] allow` in {}",
+                    plugin.manifest().path.display()
+                ),
+            ),
+        })
+    }
+}
+
+/// The `[[listeners]]` of the config, each a listener driver added to every request's bus.
+fn global_listeners(
+    registry: &Registry,
+    config: &DaemonConfig,
+) -> Result<Vec<EventListener>, DaemonError> {
+    let mut out = Vec::new();
+    for l in &config.listeners {
+        let plugin = registry.get(&l.plugin).ok_or_else(|| {
+            DaemonError::Config(format!(
+                "listeners: plugin `{}` is not loaded (see GET /v1/plugins)",
+                l.plugin
+            ))
+        })?;
+        let overrides = match &l.config {
+            Some(t) => {
+                Some(serde_json::to_value(t).map_err(|e| DaemonError::Config(e.to_string()))?)
+            }
+            None => None,
+        };
+        let handle = plugin
+            .new_listener(overrides.as_ref())
+            .map_err(|e| DaemonError::Config(format!("listeners: {e}")))?;
+        out.push(EventListener::new(format!("global:{}", l.plugin)).driver(handle, l.batch_size));
+    }
+    Ok(out)
 }
 
 /// Logs a warning for each allowed override that names a URL, a secret, a file or a resource
@@ -359,27 +399,6 @@ async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// The body of `POST /v1/tasks`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TaskRequest {
-    #[serde(default)]
-    driver: Option<String>,
-    #[serde(default)]
-    config: Option<Value>,
-    input: String,
-    #[serde(default)]
-    tools: Vec<String>,
-    #[serde(default)]
-    output_schema: Option<Value>,
-    #[serde(default)]
-    max_subtasks: Option<usize>,
-    #[serde(default)]
-    stream: bool,
-    #[serde(default)]
-    rules: Vec<String>,
-}
-
 /// How a task run ended, as the spawned future reports it.
 enum Ended {
     /// The task ran to its end (its own finish event went out).
@@ -434,20 +453,12 @@ fn task_error_response(e: &TaskError, task_id: &str, withhold: bool) -> Response
 /// per request, so the count is bounded like the body is.
 const MAX_TOOLS: usize = 64;
 
-/// A request turned into a task, ready to run.
-struct Prepared {
-    task: PromptTask,
-    use_async: bool,
-    driver_id: String,
-    /// The request chose a URL (an allowed override): withhold upstream error text from it.
-    withhold: bool,
-}
-
+/// The request's body as a [`TaskSpec`], built into its task by the one path every front uses.
 #[allow(clippy::result_large_err)] // a Response is the error here, built once per request
-fn prepare(state: &AppState, body: &Bytes) -> Result<Prepared, Response> {
+fn prepare(state: &AppState, body: &Bytes) -> Result<BuiltTask, Response> {
     let bad = |msg: String| api_error(StatusCode::BAD_REQUEST, "invalid_request", msg);
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let req: TaskRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+    let spec: TaskSpec = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         if path == "." || path == "?" || e.inner().is_syntax() || e.inner().is_eof() {
             bad(format!("malformed request body: {}", e.inner()))
@@ -455,121 +466,25 @@ fn prepare(state: &AppState, body: &Bytes) -> Result<Prepared, Response> {
             bad(format!("field `{path}`: {}", e.inner()))
         }
     })?;
-    if req.input.trim().is_empty() {
-        return Err(bad("field `input`: must not be empty".into()));
-    }
-    if let Some(n) = req.max_subtasks
-        && n > state.config.server.max_subtasks_cap
-    {
-        return Err(bad(format!(
-            "field `max_subtasks`: {n} is more than this server allows ({})",
-            state.config.server.max_subtasks_cap
-        )));
-    }
-    if req.config.as_ref().is_some_and(|c| !c.is_object()) {
-        return Err(bad(
-            "field `config`: must be an object of driver config overrides".into(),
-        ));
-    }
-    let driver_id = req
-        .driver
-        .clone()
-        .or_else(|| state.config.defaults.driver.clone())
-        .ok_or_else(|| {
-            bad("field `driver`: required (this server has no default driver)".into())
-        })?;
-    let find = |id: &str, field: &str| {
-        state.registry.get(id).ok_or_else(|| {
-            let loaded: Vec<&str> = state.registry.plugins().map(|p| p.id()).collect();
-            api_error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!(
-                    "{field}: no loaded plugin `{id}` (loaded: {})",
-                    loaded.join(", ")
-                ),
-            )
-        })
-    };
-    let unprocessable =
-        |msg: String| api_error(StatusCode::UNPROCESSABLE_ENTITY, "missing_capability", msg);
-    let plugin = find(&driver_id, "driver")?;
-    if !plugin.is(Kind::PromptDriver) {
-        return Err(unprocessable(format!(
-            "driver: plugin `{driver_id}` is not a prompt driver"
-        )));
-    }
-    if req.stream && !plugin.can(Kind::PromptDriver, Mode::Stream) {
-        return Err(unprocessable(format!(
-            "stream: prompt driver `{driver_id}` lacks the `stream` capability"
-        )));
-    }
-    let withhold = match &req.config {
-        Some(c) => {
-            check_overrides(state, plugin, c).map_err(bad)?;
-            crate::overrides::chooses_url(c)
-        }
-        None => false,
-    };
-    let use_async = plugin.can(Kind::PromptDriver, Mode::Async);
-    let driver = plugin.new_driver(req.config.as_ref()).map_err(|e| {
-        state.metrics.plugin_error(&driver_id);
-        bad(format!("field `config`: {e}"))
-    })?;
-    if req.tools.len() > MAX_TOOLS {
-        return Err(bad(format!(
-            "field `tools`: {} tools; a request may use at most {MAX_TOOLS}",
-            req.tools.len()
-        )));
-    }
-    for (i, id) in req.tools.iter().enumerate() {
-        if req.tools[..i].contains(id) {
-            return Err(bad(format!("field `tools`: `{id}` is listed twice")));
-        }
-    }
-    let mut task = PromptTask::new(driver, req.input).stream(req.stream);
-    for id in &req.tools {
-        let p = find(id, "tools")?;
-        if !p.is(Kind::Tool) {
-            return Err(unprocessable(format!("tools: plugin `{id}` is not a tool")));
-        }
-        task = task.tool(p.new_tool(None).map_err(|e| {
-            state.metrics.plugin_error(id);
-            api_error(StatusCode::BAD_GATEWAY, "plugin_error", e.to_string())
-        })?);
-    }
-    if let Some(s) = req.output_schema {
-        task = task.output_schema(s);
-    }
-    if let Some(n) = req.max_subtasks {
-        task = task.max_subtasks(n);
-    }
-    for r in req.rules {
-        task = task.rule(r);
-    }
-    Ok(Prepared {
-        task,
-        use_async,
-        driver_id,
-        withhold,
-    })
+    spec.build(&state.registry, &state.host, state)
+        .map_err(|e| spec_error_response(state, &e))
 }
 
-/// The allowlist check of a request's `config` (see [`crate::overrides`]).
-fn check_overrides(state: &AppState, plugin: &Plugin, config: &Value) -> Result<(), String> {
-    let (allow, source) = state.overridable(plugin);
-    let Some(key) = crate::overrides::refused_key(allow, config) else {
-        return Ok(());
+fn spec_error_response(state: &AppState, e: &SpecError) -> Response {
+    let (status, kind) = match e {
+        SpecError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
+        SpecError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        SpecError::NotCapable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "missing_capability"),
+        SpecError::DriverConfig(c) => {
+            state.metrics.plugin_error(&c.plugin);
+            (StatusCode::BAD_REQUEST, "invalid_request")
+        }
+        SpecError::Tool(c) => {
+            state.metrics.plugin_error(&c.plugin);
+            (StatusCode::BAD_GATEWAY, "plugin_error")
+        }
     };
-    let allowed = if allow.is_empty() {
-        "it allows none".to_owned()
-    } else {
-        format!("it allows {}", allow.join(", "))
-    };
-    Err(format!(
-        "field `config.{key}`: requests may not change `{key}` of plugin `{}` ({allowed}); the operator can allow it with {source}",
-        plugin.id()
-    ))
+    api_error(status, kind, e.to_string())
 }
 
 /// A sync listener feeding the metrics (events, upstream latency) and, for a streaming
@@ -711,7 +626,7 @@ async fn run_task(
     let Ok(permit) = Arc::clone(&state.task_permits).try_acquire_owned() else {
         return overloaded(&state);
     };
-    let Prepared {
+    let BuiltTask {
         task,
         use_async,
         driver_id,

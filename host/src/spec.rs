@@ -1,0 +1,335 @@
+//! A task as a front end asks for it, before it runs: [`TaskSpec`] is the one description that
+//! `grip run`, the daemon's `POST /v1/tasks` (and later the queue worker and the
+//! OpenAI-compatible front) fill in, and [`TaskSpec::build`] the one place that checks it and
+//! turns it into a [`PromptTask`], the same way for every front.
+//!
+//! What a caller may do is the front's [`Policy`]: the CLI's operator is its caller and may
+//! change any config key ([`Permissive`]); the daemon allows only what its operator listed.
+//! Values the host resolved (a fetched model's path) come in as a [`HostConfig`], never by
+//! changing the shared plugin.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::CallError;
+use crate::manifest::{Kind, Mode};
+use crate::models::HostConfig;
+use crate::plugin::Plugin;
+use crate::registry::Registry;
+use crate::task::PromptTask;
+
+/// Which path a task runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathChoice {
+    /// Async when the driver has it, else sync (the host's own choice; see the crate docs).
+    #[default]
+    Auto,
+    /// `run()`: the driver must have `sync`.
+    Sync,
+    /// `async_run()`: the driver must have `async`.
+    Async,
+}
+
+/// A task to run: the driver and its config overrides, the tools, rules, output schema, limits
+/// and whether to stream. Its JSON form is the body of `POST /v1/tasks` (unknown fields are
+/// refused: a misspelt field must not be silently ignored).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// The prompt driver's plugin id (`None`: the front's default).
+    #[serde(default)]
+    pub driver: Option<String>,
+    /// Overrides of the driver's config (a JSON object), limited by the [`Policy`].
+    #[serde(default)]
+    pub config: Option<Value>,
+    /// The prompt.
+    pub input: String,
+    /// Tool plugin ids, each offered once.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// The JSON Schema the answer must satisfy.
+    #[serde(default)]
+    pub output_schema: Option<Value>,
+    /// Bound on tool rounds plus validation retries (`None`: the task's default).
+    #[serde(default)]
+    pub max_subtasks: Option<usize>,
+    /// Stream from the driver (it needs the `stream` capability).
+    #[serde(default)]
+    pub stream: bool,
+    /// Rules for the system prompt.
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// The path; requests to the daemon cannot choose it (the daemon decides by capability).
+    #[serde(skip)]
+    pub path: PathChoice,
+}
+
+/// What a front lets its callers do.
+pub trait Policy {
+    /// The driver when a spec names none.
+    fn default_driver(&self) -> Option<&str> {
+        None
+    }
+
+    /// The largest `max_subtasks` a spec may ask for.
+    fn max_subtasks_cap(&self) -> Option<usize> {
+        None
+    }
+
+    /// The most tools a spec may name.
+    fn max_tools(&self) -> usize {
+        usize::MAX
+    }
+
+    /// The config keys a spec may override for `plugin` and where that list is set (for the
+    /// error message); `None` allows every key.
+    fn overridable<'a>(&'a self, plugin: &'a Plugin) -> Option<(&'a [String], String)> {
+        let _ = plugin;
+        None
+    }
+}
+
+/// The policy of a front whose caller is its operator (`grip run`): every key may be set.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Permissive;
+
+impl Policy for Permissive {}
+
+/// Why a spec cannot run. Each names the field at fault.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// A field's value is not acceptable.
+    #[error("field `{field}`: {message}")]
+    Invalid {
+        /// The field (`input`, `config.model`, ...).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No plugin has that id.
+    #[error("{field}: no loaded {kind} `{id}` (loaded {kind}s: {loaded})")]
+    NotFound {
+        /// `driver` or `tools`.
+        field: &'static str,
+        /// The id asked for.
+        id: String,
+        /// The kind asked for.
+        kind: Kind,
+        /// The ids of that kind that are loaded (`none` when there are none).
+        loaded: String,
+    },
+    /// The plugin exists but cannot do what the spec asks.
+    #[error("{field}: {message}")]
+    NotCapable {
+        /// `driver`, `stream` or `tools`.
+        field: &'static str,
+        /// What it lacks.
+        message: String,
+    },
+    /// The driver refused its config.
+    #[error("field `config`: {0}")]
+    DriverConfig(CallError),
+    /// A tool could not be made.
+    #[error("{0}")]
+    Tool(CallError),
+}
+
+/// A spec turned into a task, with what its runner needs to know.
+#[derive(Debug)]
+pub struct BuiltTask {
+    /// The task (no bus yet: the runner adds its listeners).
+    pub task: PromptTask,
+    /// Whether to run it with `async_run()`.
+    pub use_async: bool,
+    /// The driver's plugin id.
+    pub driver_id: String,
+    /// The spec chose a URL (an allowed override): withhold upstream error text from its
+    /// caller, who may not read what an internal service says.
+    pub withhold: bool,
+}
+
+impl TaskSpec {
+    /// Checks the spec against `registry` and `policy` and builds its task: every field is
+    /// checked before any plugin instance is made, and the driver gets `host`'s layer under
+    /// the spec's overrides.
+    ///
+    /// # Errors
+    /// A [`SpecError`] naming the field.
+    pub fn build(
+        &self,
+        registry: &Registry,
+        host: &HostConfig,
+        policy: &impl Policy,
+    ) -> Result<BuiltTask, SpecError> {
+        self.check_fields(policy)?;
+        let driver_id = self
+            .driver
+            .clone()
+            .or_else(|| policy.default_driver().map(str::to_owned))
+            .ok_or_else(|| invalid("driver", "required (this server has no default driver)"))?;
+        let plugin = find(registry, &driver_id, Kind::PromptDriver, "driver")?;
+        let use_async = self.choose_path(plugin)?;
+        let withhold = match &self.config {
+            Some(c) => {
+                check_overrides(policy, plugin, c)?;
+                crate::overrides::chooses_url(c)
+            }
+            None => false,
+        };
+        let tools = self
+            .tools
+            .iter()
+            .map(|id| find(registry, id, Kind::Tool, "tools"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let driver = host
+            .new_driver(plugin, self.config.as_ref())
+            .map_err(SpecError::DriverConfig)?;
+        let mut task = PromptTask::new(driver, self.input.clone()).stream(self.stream);
+        for p in tools {
+            task = task.tool(p.new_tool(None).map_err(SpecError::Tool)?);
+        }
+        if let Some(s) = &self.output_schema {
+            task = task.output_schema(s.clone());
+        }
+        if let Some(n) = self.max_subtasks {
+            task = task.max_subtasks(n);
+        }
+        for r in &self.rules {
+            task = task.rule(r.clone());
+        }
+        Ok(BuiltTask {
+            task,
+            use_async,
+            driver_id,
+            withhold,
+        })
+    }
+
+    /// The checks that need no plugin.
+    fn check_fields(&self, policy: &impl Policy) -> Result<(), SpecError> {
+        if self.input.trim().is_empty() {
+            return Err(invalid("input", "must not be empty"));
+        }
+        if let (Some(n), Some(cap)) = (self.max_subtasks, policy.max_subtasks_cap())
+            && n > cap
+        {
+            return Err(invalid(
+                "max_subtasks",
+                &format!("{n} is more than this server allows ({cap})"),
+            ));
+        }
+        if self.config.as_ref().is_some_and(|c| !c.is_object()) {
+            return Err(invalid(
+                "config",
+                "must be an object of driver config overrides",
+            ));
+        }
+        if self.tools.len() > policy.max_tools() {
+            return Err(invalid(
+                "tools",
+                &format!(
+                    "{} tools; a request may use at most {}",
+                    self.tools.len(),
+                    policy.max_tools()
+                ),
+            ));
+        }
+        for (i, id) in self.tools.iter().enumerate() {
+            if self.tools[..i].contains(id) {
+                return Err(invalid("tools", &format!("`{id}` is listed twice")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the task runs async. A path chosen explicitly is checked by `run()` /
+    /// `async_run()` themselves (the spec's strict rule, with its own error).
+    fn choose_path(&self, plugin: &Plugin) -> Result<bool, SpecError> {
+        if self.stream && !plugin.can(Kind::PromptDriver, Mode::Stream) {
+            return Err(SpecError::NotCapable {
+                field: "stream",
+                message: format!(
+                    "prompt driver `{}` lacks the `stream` capability",
+                    plugin.id()
+                ),
+            });
+        }
+        Ok(match self.path {
+            PathChoice::Auto => plugin.can(Kind::PromptDriver, Mode::Async),
+            PathChoice::Sync => false,
+            PathChoice::Async => true,
+        })
+    }
+}
+
+fn invalid(field: &str, message: &str) -> SpecError {
+    SpecError::Invalid {
+        field: field.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// The loaded plugin `id` of `kind`; the error lists the loaded plugins of that kind.
+///
+/// # Errors
+/// [`SpecError::NotFound`] when no plugin has the id, [`SpecError::NotCapable`] when it is of
+/// another kind.
+pub fn find<'r>(
+    registry: &'r Registry,
+    id: &str,
+    kind: Kind,
+    field: &'static str,
+) -> Result<&'r Plugin, SpecError> {
+    match registry.get(id) {
+        Some(p) if p.is(kind) => Ok(p),
+        Some(_) => Err(SpecError::NotCapable {
+            field,
+            message: format!("plugin `{id}` is not a {}", kind_phrase(kind)),
+        }),
+        None => {
+            let loaded: Vec<&str> = registry.of_kind(kind).map(|p| p.id()).collect();
+            Err(SpecError::NotFound {
+                field,
+                id: id.to_owned(),
+                kind,
+                loaded: if loaded.is_empty() {
+                    "none".to_owned()
+                } else {
+                    loaded.join(", ")
+                },
+            })
+        }
+    }
+}
+
+fn kind_phrase(kind: Kind) -> &'static str {
+    match kind {
+        Kind::PromptDriver => "prompt driver",
+        Kind::Tool => "tool",
+        Kind::EventListener => "event listener",
+    }
+}
+
+/// The allowlist check of a spec's `config` (see [`crate::overrides`]).
+fn check_overrides(policy: &impl Policy, plugin: &Plugin, config: &Value) -> Result<(), SpecError> {
+    let Some((allow, source)) = policy.overridable(plugin) else {
+        return Ok(());
+    };
+    let Some(key) = crate::overrides::refused_key(allow, config) else {
+        return Ok(());
+    };
+    let allowed = if allow.is_empty() {
+        "it allows none".to_owned()
+    } else {
+        format!("it allows {}", allow.join(", "))
+    };
+    Err(SpecError::Invalid {
+        field: format!("config.{key}"),
+        message: format!(
+            "requests may not change `{key}` of plugin `{}` ({allowed}); the operator can allow it with {source}",
+            plugin.id()
+        ),
+    })
+}
