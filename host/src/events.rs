@@ -234,7 +234,6 @@ pub struct EventBus {
     listeners: RwLock<Vec<(u64, EventListener)>>,
     next_id: AtomicU64,
     failures: AtomicU64,
-    published: AtomicU64,
 }
 
 impl std::fmt::Debug for EventBus {
@@ -329,11 +328,6 @@ impl EventBus {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// How many events were published.
-    pub fn events_published(&self) -> u64 {
-        self.published.load(Ordering::Relaxed)
-    }
-
     /// Whether the sync path can deliver to every listener (of any event type).
     ///
     /// # Errors
@@ -366,7 +360,6 @@ impl EventBus {
                 listener: l.name.clone(),
             });
         }
-        self.published.fetch_add(1, Ordering::Relaxed);
         for l in &listeners {
             let out = match &l.handler {
                 Handler::Identity => Ok(Some(event.clone())),
@@ -395,7 +388,6 @@ impl EventBus {
 
     /// Publishes on the async path: sync handlers in place, async handlers concurrently.
     pub async fn apublish_event(&self, event: &Event) {
-        self.published.fetch_add(1, Ordering::Relaxed);
         let listeners: Vec<EventListener> = self
             .listeners()
             .into_iter()

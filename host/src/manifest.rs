@@ -174,6 +174,9 @@ pub struct Manifest {
     pub capabilities: Capabilities,
     /// Default configuration for the plugin's instances.
     pub config: serde_json::Value,
+    /// `[config.model_source]`: a model file the host fetches for the plugin (see
+    /// [`crate::models`]); taken out of `config`, so the plugin never sees it.
+    pub model_source: Option<serde_json::Value>,
     /// Config keys a daemon request may override (`[overrides] allow`); empty: none.
     pub overridable: Vec<String>,
 }
@@ -426,12 +429,16 @@ impl Manifest {
             None => None,
         };
 
-        let config = serde_json::to_value(&raw.config).map_err(|e| {
+        let mut config = serde_json::to_value(&raw.config).map_err(|e| {
             err_at(
                 None,
                 format!("field `config`: cannot be represented as JSON: {e}"),
             )
         })?;
+        // The host's key, not the plugin's: the host fetches the model and passes its path.
+        let model_source = config
+            .as_object_mut()
+            .and_then(|c| c.remove("model_source"));
 
         let overridable = match raw.overrides {
             None => Vec::new(),
@@ -454,6 +461,7 @@ impl Manifest {
             sha256,
             capabilities,
             config,
+            model_source,
             overridable,
         })
     }

@@ -402,7 +402,7 @@ impl HostConfig {
         {
             return Ok(None);
         }
-        let Some(source) = config.get("model_source") else {
+        let Some(source) = &plugin.manifest().model_source else {
             return Ok(None);
         };
         let source: ModelSource = serde_json::from_value(source.clone())

@@ -226,6 +226,12 @@ impl TaskSpec {
                 "must be an object of driver config overrides",
             ));
         }
+        if let Some(schema) = &self.output_schema {
+            crate::task::machine::compile_schema(schema).map_err(|e| SpecError::Invalid {
+                field: "output_schema".into(),
+                message: e.to_string(),
+            })?;
+        }
         if self.tools.len() > policy.max_tools() {
             return Err(invalid(
                 "tools",

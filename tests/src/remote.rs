@@ -21,10 +21,15 @@ pub struct RemoteDriver {
 }
 
 impl RemoteDriver {
-    /// Loads driver `id` from `library` (every mode) and `text-tools`, and sets `key_var` to
-    /// `key`. Call once per test binary, before any thread reads the environment.
+    /// Loads driver `id` from `library` (every mode) and `text-tools`. `key_var` must hold
+    /// `key`: cargo sets it for the tests (`.cargo/config.toml`), so no test changes its own
+    /// environment while other threads read it.
     pub fn load(id: &'static str, library: &str, key_var: &'static str, key: &str) -> Self {
-        set_env(key_var, key);
+        assert_eq!(
+            std::env::var(key_var).as_deref(),
+            Ok(key),
+            "{key_var} is set by .cargo/config.toml: run the tests with cargo from the workspace"
+        );
         let dir = tempfile::tempdir().expect("tempdir").keep();
         ManifestSpec::named(id, library)
             .kind("prompt_driver", &["sync", "async", "stream"])
@@ -72,13 +77,6 @@ impl RemoteDriver {
             .new_tool(None)
             .expect("text-tools instance")
     }
-}
-
-#[allow(unsafe_code)]
-fn set_env(var: &str, value: &str) {
-    // SAFETY: called once per test binary, before any test thread reads the environment
-    // through a plugin.
-    unsafe { std::env::set_var(var, value) };
 }
 
 /// A system message and a user message.

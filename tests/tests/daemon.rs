@@ -250,11 +250,8 @@ async fn bad_requests_get_specific_json_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bearer_token_guards_every_route_but_healthz() {
-    #[allow(unsafe_code)]
-    // SAFETY: set before the daemon reads it; no other test reads this variable.
-    unsafe {
-        std::env::set_var("E2E_DAEMON_TOKEN", "t0ken")
-    };
+    // Set by cargo for the tests (.cargo/config.toml): no test changes its own environment.
+    assert_eq!(std::env::var("E2E_DAEMON_TOKEN").as_deref(), Ok("t0ken"));
     let mut c = config();
     c.server.auth_token_env = Some("E2E_DAEMON_TOKEN".into());
     let d = Daemon::start(c);

@@ -98,6 +98,11 @@ async fn the_task_spec_is_checked_the_same_way_in_process() {
             "`text-tools` is listed twice",
         ),
         (
+            json!({"input": "x", "output_schema": {"type": 12}}),
+            StatusCode::BAD_REQUEST,
+            "field `output_schema`: invalid output schema",
+        ),
+        (
             json!({"input": "x", "tools": ["scripted"]}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "tools: plugin `scripted` is not a tool",

@@ -48,13 +48,14 @@ impl Recorder {
     }
 }
 
+/// The secret is in this process's environment (cargo sets it: `.cargo/config.toml`), as a
+/// real key would be in the daemon's.
 fn set_secret() {
-    #[allow(unsafe_code)]
-    // SAFETY: set before any daemon of this process reads the environment; only these tests
-    // use this variable, and they all set the same value.
-    unsafe {
-        std::env::set_var(SECRET_VAR, SECRET)
-    };
+    assert_eq!(
+        std::env::var(SECRET_VAR).as_deref(),
+        Ok(SECRET),
+        "{SECRET_VAR} is set by .cargo/config.toml: run the tests with cargo from the workspace"
+    );
 }
 
 /// A daemon config over the repository's own manifests: the first-party defaults, as shipped.

@@ -219,20 +219,6 @@ fn build_client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
         .map_err(|e| PluginError::config(format!("cannot build the HTTP client: {e}")))
 }
 
-/// Reads a secret from the environment variable `var`.
-///
-/// # Errors
-/// [`ErrorKind::Auth`] naming the variable (never the value) when it is unset or empty.
-pub fn secret_from_env(var: &str) -> Result<String, PluginError> {
-    match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => Ok(v),
-        _ => Err(PluginError::new(
-            ErrorKind::Auth,
-            format!("the API key environment variable `{var}` is not set"),
-        )),
-    }
-}
-
 /// For `#[serde(default, deserialize_with = "driver_http::null_as_default")]`: a field that a
 /// server sends as an explicit `null` (many OpenAI-compatible servers do, for every absent
 /// field) reads as its default, like a missing one.

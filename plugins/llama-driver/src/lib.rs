@@ -51,10 +51,6 @@ use serde::Deserialize;
 pub struct Config {
     #[serde(default)]
     model_path: Option<PathBuf>,
-    /// Read by the host (which then sets `model_path`); ignored here.
-    #[serde(default)]
-    #[allow(dead_code)]
-    model_source: Option<serde_json::Value>,
     #[serde(default = "d_ctx")]
     n_ctx: u32,
     #[serde(default = "d_max_tokens")]
