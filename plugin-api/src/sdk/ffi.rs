@@ -6,11 +6,10 @@
 #![allow(unsafe_code)] // the root-module header and `#[sabi_trait]` impls
 
 use std::any::Any;
-use std::cell::RefCell;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
@@ -21,6 +20,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::panic::install_panic_hook;
+pub use super::panic::panic_message;
 use super::{
     DeltaStream, ErrorKind, EventListenerDriver, PluginError, PromptDriver, Tool, logging, runtime,
 };
@@ -45,28 +46,6 @@ pub fn call_root_module_loader(f: fn() -> PluginModV1Ref) -> RootModuleResult {
     abi_stable::library::__call_root_module_loader(f)
 }
 
-thread_local! {
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Extracts a panic's message; prefers what the panic hook recorded (it has the location).
-pub fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(recorded) = LAST_PANIC.with(|p| p.borrow_mut().take()) {
-        return recorded;
-    }
-    payload_text(payload)
-}
-
-fn payload_text(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    }
-}
-
 fn panic_error(what: &str, payload: Box<dyn Any + Send>) -> PluginErrorFfi {
     let message = panic_message(payload.as_ref());
     // Dropping a payload can itself panic; never let that escape.
@@ -76,21 +55,6 @@ fn panic_error(what: &str, payload: Box<dyn Any + Send>) -> PluginErrorFfi {
         format!("plugin panicked in {what}: {message}"),
     )
     .into_ffi()
-}
-
-fn install_panic_hook() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
-            let msg = payload_text(info.payload());
-            let text = match info.location() {
-                Some(loc) => format!("{msg} (at {}:{}:{})", loc.file(), loc.line(), loc.column()),
-                None => msg,
-            };
-            logging::log(crate::abi::LogLevel::DEBUG, "panic", &text);
-            LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
-        }));
-    });
 }
 
 /// Runs `f` in the plugin runtime with a panic guard.

@@ -27,6 +27,7 @@
 #[doc(hidden)]
 pub mod ffi;
 mod logging;
+mod panic;
 mod runtime;
 
 use std::future::Future;

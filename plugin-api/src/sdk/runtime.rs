@@ -49,7 +49,7 @@ where
                 ErrorKind::Panic,
                 format!(
                     "blocking task panicked: {}",
-                    super::ffi::panic_message(e.into_panic().as_ref())
+                    super::panic::panic_message(e.into_panic().as_ref())
                 ),
             )
         } else {
