@@ -17,6 +17,7 @@ use crate::models::HostConfig;
 use crate::plugin::Plugin;
 use crate::registry::Registry;
 use crate::task::PromptTask;
+use crate::task::machine::compile_schema;
 
 /// Which path a task runs on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +165,14 @@ impl TaskSpec {
         policy: &impl Policy,
     ) -> Result<BuiltTask, SpecError> {
         self.check_fields(policy)?;
+        // Compiled once: the check here is the schema the task validates with.
+        let schema = match &self.output_schema {
+            Some(s) => Some((
+                s.clone(),
+                compile_schema(s).map_err(|e| invalid("output_schema", &e.to_string()))?,
+            )),
+            None => None,
+        };
         let driver_id = self
             .driver
             .clone()
@@ -190,8 +199,8 @@ impl TaskSpec {
         for p in tools {
             task = task.tool(p.new_tool(None).map_err(SpecError::Tool)?);
         }
-        if let Some(s) = &self.output_schema {
-            task = task.output_schema(s.clone());
+        if let Some((s, validator)) = schema {
+            task = task.output_schema_compiled(s, validator);
         }
         if let Some(n) = self.max_subtasks {
             task = task.max_subtasks(n);
@@ -225,12 +234,6 @@ impl TaskSpec {
                 "config",
                 "must be an object of driver config overrides",
             ));
-        }
-        if let Some(schema) = &self.output_schema {
-            crate::task::machine::compile_schema(schema).map_err(|e| SpecError::Invalid {
-                field: "output_schema".into(),
-                message: e.to_string(),
-            })?;
         }
         if self.tools.len() > policy.max_tools() {
             return Err(invalid(

@@ -125,26 +125,20 @@ impl Machine {
     /// # Errors
     /// [`TaskError::InvalidOutputSchema`] when the output schema does not compile.
     pub fn new(config: MachineConfig, messages: Vec<Message>) -> Result<Self, TaskError> {
-        let m = Self {
-            config,
-            messages,
-            subtasks: 0,
-            usage: Usage::default(),
-            awaiting: Awaiting::Start,
-            validator: Compiled::default(),
-        };
-        if let Some(schema) = &m.config.output_schema {
-            let _ = m
-                .validator
-                .0
-                .set(compile_schema(schema).map_err(|e| e.to_string()));
-            m.validator
-                .0
-                .get()
-                .and_then(|r| r.as_ref().err())
-                .map_or(Ok(()), |e| Err(TaskError::InvalidOutputSchema(e.clone())))?;
+        match &config.output_schema {
+            Some(schema) => {
+                let validator = compile_schema(schema)?;
+                Ok(Self::with_compiled_schema(config, messages, validator))
+            }
+            None => Ok(Self {
+                config,
+                messages,
+                subtasks: 0,
+                usage: Usage::default(),
+                awaiting: Awaiting::Start,
+                validator: Compiled::default(),
+            }),
         }
-        Ok(m)
     }
 
     /// [`Machine::new`] with the output schema already compiled (a task compiles its schema

@@ -213,6 +213,18 @@ impl PromptTask {
         self
     }
 
+    /// [`PromptTask::output_schema`] with the schema already compiled (by
+    /// [`machine::compile_schema`]), so it is not compiled again.
+    pub fn output_schema_compiled(
+        mut self,
+        schema: Value,
+        validator: Arc<jsonschema::Validator>,
+    ) -> Self {
+        self.output_schema = Some(schema);
+        self.validator = Arc::new(OnceLock::from(Ok(validator)));
+        self
+    }
+
     /// Bounds tool rounds plus output-schema retries (default 20).
     pub fn max_subtasks(mut self, n: usize) -> Self {
         self.max_subtasks = n;
