@@ -220,148 +220,163 @@ pub async fn exercise(
         lines: Vec::new(),
         timeout: options.timeout,
     };
-    let config = options.config.as_ref();
     if plugin.is(Kind::PromptDriver) {
-        match host.new_driver(plugin, config) {
-            Err(e) => report.fail("prompt_driver new".into(), e.to_string()),
-            Ok(driver) => {
-                let request = PromptRequest::new(vec![Message::user("Say hello in one word.")]);
-                if plugin.can(Kind::PromptDriver, Mode::Sync) {
-                    let (d, r) = (driver.clone(), request.clone());
-                    report
-                        .run(
-                            "prompt_driver sync prompt".into(),
-                            blocking(move || d.prompt(&r)),
-                            describe_response,
-                        )
-                        .await;
-                }
-                if plugin.can(Kind::PromptDriver, Mode::Async) {
-                    report
-                        .run(
-                            "prompt_driver async prompt".into(),
-                            driver.prompt_async(&request),
-                            describe_response,
-                        )
-                        .await;
-                }
-                if plugin.can(Kind::PromptDriver, Mode::Stream) {
-                    let collect = async {
-                        let mut s = driver.stream(&request)?;
-                        let (mut items, mut text) = (0usize, String::new());
-                        while let Some(item) = s.next().await {
-                            items += 1;
-                            if let StreamDelta::Text { text: t } = item? {
-                                text.push_str(&t);
-                            }
-                        }
-                        Ok((items, text))
-                    };
-                    report
-                        .run("prompt_driver stream".into(), collect, |(items, text)| {
-                            format!("{items} deltas, text {:?}", snippet(&text))
-                        })
-                        .await;
-                }
-            }
-        }
+        check_driver(&mut report, plugin, host, options).await;
     }
     if plugin.is(Kind::Tool) {
-        match plugin.new_tool(config) {
-            Err(e) => report.fail("tool new".into(), e.to_string()),
-            Ok(tool) => {
-                let spec = tool.spec().clone();
-                let activity = match &options.activity {
-                    Some(a) => spec.activities.iter().find(|x| &x.name == a),
-                    None => spec.activities.first(),
-                };
-                match activity {
-                    None => report.fail(
-                        "tool spec".into(),
-                        match &options.activity {
-                            Some(a) => format!("`{}` has no activity `{a}`", spec.name),
-                            None => format!("`{}` has no activities", spec.name),
-                        },
-                    ),
-                    Some(activity) => {
-                        let input = options
-                            .input
-                            .clone()
-                            .unwrap_or_else(|| sample_input(&activity.parameters));
-                        let inv = ToolInvocation {
-                            schema_version: plugin_api::wire::WIRE_VERSION,
-                            activity: activity.name.clone(),
-                            input: input.clone(),
-                            call_id: "check".into(),
-                        };
-                        let describe = |o: plugin_api::wire::ToolOutput| {
-                            format!(
-                                "{} {:?}",
-                                if o.is_error {
-                                    "error result"
-                                } else {
-                                    "returned"
-                                },
-                                snippet(&o.content)
-                            )
-                        };
-                        let label =
-                            |mode: &str| format!("tool {mode} call {}({input})", activity.name);
-                        if plugin.can(Kind::Tool, Mode::Sync) {
-                            let (t, i) = (tool.clone(), inv.clone());
-                            report
-                                .run(label("sync"), blocking(move || t.call(&i)), describe)
-                                .await;
-                        }
-                        if plugin.can(Kind::Tool, Mode::Async) {
-                            report
-                                .run(label("async"), tool.call_async(&inv), describe)
-                                .await;
-                        }
-                    }
-                }
-            }
-        }
+        check_tool(&mut report, plugin, options).await;
     }
     if plugin.is(Kind::EventListener) {
-        match plugin.new_listener(config) {
-            Err(e) => report.fail("event_listener new".into(), e.to_string()),
-            Ok(listener) => {
-                let events = Arc::new(vec![Event::new(
-                    "check-task",
-                    "check-run",
-                    EventKind::StartTask {
-                        input: "grip plugins check".into(),
+        check_listener(&mut report, plugin, options).await;
+    }
+    report.lines
+}
+
+/// One prompt in each mode the driver declares.
+async fn check_driver(
+    report: &mut Report,
+    plugin: &Plugin,
+    host: &HostConfig,
+    options: &CheckOptions,
+) {
+    let driver = match host.new_driver(plugin, options.config.as_ref()) {
+        Ok(driver) => driver,
+        Err(e) => return report.fail("prompt_driver new".into(), e.to_string()),
+    };
+    let request = PromptRequest::new(vec![Message::user("Say hello in one word.")]);
+    if plugin.can(Kind::PromptDriver, Mode::Sync) {
+        let (d, r) = (driver.clone(), request.clone());
+        report
+            .run(
+                "prompt_driver sync prompt".into(),
+                blocking(move || d.prompt(&r)),
+                describe_response,
+            )
+            .await;
+    }
+    if plugin.can(Kind::PromptDriver, Mode::Async) {
+        report
+            .run(
+                "prompt_driver async prompt".into(),
+                driver.prompt_async(&request),
+                describe_response,
+            )
+            .await;
+    }
+    if plugin.can(Kind::PromptDriver, Mode::Stream) {
+        let collect = async {
+            let mut s = driver.stream(&request)?;
+            let (mut items, mut text) = (0usize, String::new());
+            while let Some(item) = s.next().await {
+                items += 1;
+                if let StreamDelta::Text { text: t } = item? {
+                    text.push_str(&t);
+                }
+            }
+            Ok((items, text))
+        };
+        report
+            .run("prompt_driver stream".into(), collect, |(items, text)| {
+                format!("{items} deltas, text {:?}", snippet(&text))
+            })
+            .await;
+    }
+}
+
+/// One call of the chosen activity (default: the first) in each mode the tool declares.
+async fn check_tool(report: &mut Report, plugin: &Plugin, options: &CheckOptions) {
+    let tool = match plugin.new_tool(options.config.as_ref()) {
+        Ok(tool) => tool,
+        Err(e) => return report.fail("tool new".into(), e.to_string()),
+    };
+    let spec = tool.spec().clone();
+    let activity = match &options.activity {
+        Some(a) => spec.activities.iter().find(|x| &x.name == a),
+        None => spec.activities.first(),
+    };
+    match activity {
+        None => report.fail(
+            "tool spec".into(),
+            match &options.activity {
+                Some(a) => format!("`{}` has no activity `{a}`", spec.name),
+                None => format!("`{}` has no activities", spec.name),
+            },
+        ),
+        Some(activity) => {
+            let input = options
+                .input
+                .clone()
+                .unwrap_or_else(|| sample_input(&activity.parameters));
+            let inv = ToolInvocation {
+                schema_version: plugin_api::wire::WIRE_VERSION,
+                activity: activity.name.clone(),
+                input: input.clone(),
+                call_id: "check".into(),
+            };
+            let describe = |o: plugin_api::wire::ToolOutput| {
+                format!(
+                    "{} {:?}",
+                    if o.is_error {
+                        "error result"
+                    } else {
+                        "returned"
                     },
-                )]);
-                if plugin.can(Kind::EventListener, Mode::Sync) {
-                    let (l, e) = (listener.clone(), Arc::clone(&events));
-                    report
-                        .run(
-                            "event_listener sync publish + flush".into(),
-                            blocking(move || {
-                                l.publish(&e)?;
-                                l.flush()
-                            }),
-                            |()| "accepted 1 event".into(),
-                        )
-                        .await;
-                }
-                if plugin.can(Kind::EventListener, Mode::Async) {
-                    let run = async {
-                        listener.publish_async(&events).await?;
-                        listener.flush_async().await
-                    };
-                    report
-                        .run("event_listener async publish + flush".into(), run, |()| {
-                            "accepted 1 event".into()
-                        })
-                        .await;
-                }
+                    snippet(&o.content)
+                )
+            };
+            let label = |mode: &str| format!("tool {mode} call {}({input})", activity.name);
+            if plugin.can(Kind::Tool, Mode::Sync) {
+                let (t, i) = (tool.clone(), inv.clone());
+                report
+                    .run(label("sync"), blocking(move || t.call(&i)), describe)
+                    .await;
+            }
+            if plugin.can(Kind::Tool, Mode::Async) {
+                report
+                    .run(label("async"), tool.call_async(&inv), describe)
+                    .await;
             }
         }
     }
-    report.lines
+}
+
+/// One event published and flushed in each mode the listener declares.
+async fn check_listener(report: &mut Report, plugin: &Plugin, options: &CheckOptions) {
+    let listener = match plugin.new_listener(options.config.as_ref()) {
+        Ok(listener) => listener,
+        Err(e) => return report.fail("event_listener new".into(), e.to_string()),
+    };
+    let events = Arc::new(vec![Event::new(
+        "check-task",
+        "check-run",
+        EventKind::StartTask {
+            input: "grip plugins check".into(),
+        },
+    )]);
+    if plugin.can(Kind::EventListener, Mode::Sync) {
+        let (l, e) = (listener.clone(), Arc::clone(&events));
+        report
+            .run(
+                "event_listener sync publish + flush".into(),
+                blocking(move || {
+                    l.publish(&e)?;
+                    l.flush()
+                }),
+                |()| "accepted 1 event".into(),
+            )
+            .await;
+    }
+    if plugin.can(Kind::EventListener, Mode::Async) {
+        let run = async {
+            listener.publish_async(&events).await?;
+            listener.flush_async().await
+        };
+        report
+            .run("event_listener async publish + flush".into(), run, |()| {
+                "accepted 1 event".into()
+            })
+            .await;
+    }
 }
 
 #[cfg(test)]

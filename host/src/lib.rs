@@ -35,10 +35,12 @@
 //!   the driver's capabilities: async when the driver has it.
 
 mod bridge;
+pub mod capability;
 pub mod check;
 pub mod daemon;
 pub mod error;
 pub mod events;
+pub mod isolation;
 pub mod loader;
 pub mod manifest;
 pub mod models;

@@ -19,17 +19,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use plugin_api::abi::{
-    ABI_GENERATION_V1, HostServicesV1, LogLevel, PanicStrategy, PluginInfoFfi, PluginModV1Ref,
-    ROOT_MODULE_NAME,
+    ABI_GENERATION_V1, Capabilities, HostServicesV1, LogLevel, PanicStrategy, PluginInfoFfi,
+    PluginModV1Ref, ROOT_MODULE_NAME,
 };
-use plugin_api::abi_stable::library::{LibraryError, lib_header_from_path};
+use plugin_api::abi_stable::library::{LibHeader, LibraryError, lib_header_from_path};
 use plugin_api::abi_stable::std_types::RStr;
 use plugin_api::wire::WIRE_VERSION;
 use sha2::{Digest, Sha256};
 
 use crate::error::LoadError;
+use crate::isolation::supervisor::Launch;
+use crate::isolation::{Isolation, IsolationPolicy, Supervisor};
 use crate::manifest::{LibrarySource, Manifest, describe_capabilities};
-use crate::plugin::{Plugin, PluginInfo};
+use crate::plugin::{Backend, Plugin, PluginInfo};
 
 /// ABI generations this host can load, newest first.
 pub const KNOWN_GENERATIONS: &[u32] = &[ABI_GENERATION_V1];
@@ -41,6 +43,10 @@ pub struct LoaderOptions {
     pub lib_dirs: Vec<PathBuf>,
     /// Refuse manifests that pin no sha256.
     pub require_hash: bool,
+    /// The operator's isolation choice over the manifests'.
+    pub isolation: IsolationPolicy,
+    /// The `grip` binary that runs process-isolated plugins (default: see [`plugin_host_program`]).
+    pub plugin_host: Option<PathBuf>,
 }
 
 impl LoaderOptions {
@@ -70,7 +76,7 @@ impl LoaderOptions {
     pub fn from_env() -> Self {
         Self {
             lib_dirs: Self::default_lib_dirs(),
-            require_hash: false,
+            ..Self::default()
         }
     }
 }
@@ -292,21 +298,129 @@ fn info_from_ffi(info: PluginInfoFfi) -> PluginInfo {
 /// # Errors
 /// A [`LoadError`] saying which check failed, with the plugin id and the file.
 pub fn load(manifest: Manifest, options: &LoaderOptions) -> Result<Plugin, LoadError> {
-    let id = manifest.id.clone();
     let library = resolve_library(&manifest, options)?;
+    verify_hash(&manifest, &library, options)?;
+    match options.isolation.mode_for(&manifest.id, manifest.isolation) {
+        Isolation::InProcess => open(manifest, library, false),
+        Isolation::Process => start_isolated(manifest, library, options),
+    }
+}
 
+/// dlopens a checked library, checks what it says about itself, and runs its `init`.
+/// `in_child`: this is a plugin's own child process, where a `panic = "abort"` build is fine.
+fn open(manifest: Manifest, library: PathBuf, in_child: bool) -> Result<Plugin, LoadError> {
+    let id = manifest.id.clone();
+    let header = lib_header_from_path(&library).map_err(|e| library_error(&id, &library, e))?;
+    check_generation(&id, &library, header)?;
+    let module: PluginModV1Ref = header
+        .init_root_module::<PluginModV1Ref>()
+        .map_err(|e| library_error(&id, &library, e))?;
+
+    let info = info_from_ffi((module.info())());
+    let refuse = |reason: String| LoadError::Refused {
+        id: id.clone(),
+        library: library.clone(),
+        reason,
+    };
+    check_info(&manifest, &info, in_child).map_err(refuse)?;
+    if let Err(e) = (module.init())(host_services_for(&id)).into_result() {
+        let e = plugin_api::PluginError::from_ffi(e);
+        return Err(refuse(format!("init failed: {e}")));
+    }
+    Ok(Plugin::new(
+        Arc::new(manifest),
+        info,
+        library,
+        Backend::Local(module),
+    ))
+}
+
+/// In a plugin's child (`grip plugin-host`): the manifest read again, the library the host
+/// resolved hashed again right before it is opened.
+pub(crate) fn open_in_child(manifest: &Path, library: &Path) -> Result<Plugin, LoadError> {
+    let manifest = Manifest::load(manifest)?;
+    verify_hash(&manifest, library, &LoaderOptions::default())?;
+    open(manifest, library.to_owned(), true)
+}
+
+/// Starts a process-isolated plugin's child; the plugin is loaded once its library is.
+fn start_isolated(
+    manifest: Manifest,
+    library: PathBuf,
+    options: &LoaderOptions,
+) -> Result<Plugin, LoadError> {
+    let launch = Launch {
+        program: options
+            .plugin_host
+            .clone()
+            .unwrap_or_else(plugin_host_program),
+        manifest: manifest.path.clone(),
+        library: library.clone(),
+        settings: manifest.process.clone(),
+    };
+    let (sup, info) =
+        Supervisor::start(&manifest.id, launch).map_err(|reason| LoadError::Refused {
+            id: manifest.id.clone(),
+            library: library.clone(),
+            reason: format!("in its own process: {reason}"),
+        })?;
+    let info = PluginInfo {
+        id: info.id,
+        version: info.version,
+        description: info.description,
+        abi_generation: info.abi_generation,
+        wire_version: info.wire_version,
+        sdk_version: info.sdk_version,
+        capabilities: Capabilities(info.capabilities),
+        panic_unwind: info.panic_unwind,
+    };
+    Ok(Plugin::new(
+        Arc::new(manifest),
+        info,
+        library,
+        Backend::Process(sup),
+    ))
+}
+
+/// The `grip` binary children are started from: `$GRIP_PLUGIN_HOST`, else this executable when
+/// it is `grip`, else a `grip` next to it or one directory up (cargo's test binaries live in
+/// `<profile>/deps`, next to nothing but the `grip` one level up).
+pub fn plugin_host_program() -> PathBuf {
+    if let Some(p) = std::env::var_os("GRIP_PLUGIN_HOST") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("grip"));
+    if exe.file_stem().is_some_and(|s| s == "grip") {
+        return exe;
+    }
+    let name = format!("grip{}", std::env::consts::EXE_SUFFIX);
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join(&name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The library's sha256 against the manifest's pin, before a byte of it runs.
+fn verify_hash(
+    manifest: &Manifest,
+    library: &Path,
+    options: &LoaderOptions,
+) -> Result<(), LoadError> {
+    let id = &manifest.id;
     match &manifest.sha256 {
         Some(expected) => {
-            let found = sha256_file(&library).map_err(|e| LoadError::Open {
-                id: id.clone(),
-                library: library.clone(),
+            let found = sha256_file(library).map_err(|e| LoadError::Open {
+                id: id.to_owned(),
+                library: library.to_owned(),
                 detail: format!("cannot read: {e}"),
             })?;
             if &found != expected {
                 return Err(LoadError::HashMismatch {
-                    id,
+                    id: id.to_owned(),
                     manifest: manifest.path.clone(),
-                    library,
+                    library: library.to_owned(),
                     expected: expected.clone(),
                     found,
                 });
@@ -314,21 +428,23 @@ pub fn load(manifest: Manifest, options: &LoaderOptions) -> Result<Plugin, LoadE
         }
         None if options.require_hash => {
             return Err(LoadError::HashRequired {
-                id,
+                id: id.to_owned(),
                 manifest: manifest.path.clone(),
-                library,
+                library: library.to_owned(),
             });
         }
         None => {}
     }
+    Ok(())
+}
 
-    let header = lib_header_from_path(&library).map_err(|e| library_error(&id, &library, e))?;
-
+/// The root module's name and ABI generation, read from its header before it is initialised.
+fn check_generation(id: &str, library: &Path, header: &LibHeader) -> Result<(), LoadError> {
     let consts = header.root_mod_consts();
     if consts.name().as_str() != ROOT_MODULE_NAME {
         return Err(LoadError::Open {
-            id,
-            library,
+            id: id.to_owned(),
+            library: library.to_owned(),
             detail: format!(
                 "not a grip plugin: its root module is `{}`, expected `{ROOT_MODULE_NAME}`",
                 consts.name()
@@ -347,8 +463,8 @@ pub fn load(manifest: Manifest, options: &LoaderOptions) -> Result<Plugin, LoadE
         Some(g) if KNOWN_GENERATIONS.contains(&g) => {}
         Some(g) if KNOWN_GENERATIONS.iter().all(|k| g > *k) => {
             return Err(LoadError::IncompatibleAbi {
-                id,
-                library,
+                id: id.to_owned(),
+                library: library.to_owned(),
                 detail: format!(
                     "built for ABI generation {g}, newer than this host knows ({}); upgrade the host",
                     known_generations()
@@ -357,8 +473,8 @@ pub fn load(manifest: Manifest, options: &LoaderOptions) -> Result<Plugin, LoadE
         }
         _ => {
             return Err(LoadError::IncompatibleAbi {
-                id,
-                library,
+                id: id.to_owned(),
+                library: library.to_owned(),
                 detail: format!(
                     "unknown ABI generation `{major}` (this host knows {})",
                     known_generations()
@@ -366,66 +482,52 @@ pub fn load(manifest: Manifest, options: &LoaderOptions) -> Result<Plugin, LoadE
             });
         }
     }
+    Ok(())
+}
 
-    let module: PluginModV1Ref = header
-        .init_root_module::<PluginModV1Ref>()
-        .map_err(|e| library_error(&id, &library, e))?;
-
-    let info = info_from_ffi((module.info())());
-    let refuse = |reason: String| LoadError::Refused {
-        id: id.clone(),
-        library: library.clone(),
-        reason,
-    };
-    if !info.panic_unwind {
-        return Err(refuse(
-            "built with panic = \"abort\": a panic in it would end the host; build it with panic = \"unwind\" (the default)"
+/// What the library says about itself against what the manifest declares; `Err` is the reason
+/// it is refused.
+fn check_info(manifest: &Manifest, info: &PluginInfo, in_child: bool) -> Result<(), String> {
+    if !info.panic_unwind && !in_child {
+        return Err(
+            "built with panic = \"abort\": a panic in it would end the host; build it with panic = \"unwind\" (the default), or run it with isolation = \"process\""
                 .into(),
-        ));
+        );
     }
     if info.abi_generation != ABI_GENERATION_V1 {
-        return Err(refuse(format!(
+        return Err(format!(
             "its info claims ABI generation {} but its root module is generation {ABI_GENERATION_V1}",
             info.abi_generation
-        )));
+        ));
     }
     if info.id != manifest.id {
-        return Err(refuse(format!(
+        return Err(format!(
             "the library's id is `{}` but the manifest says `{}`",
             info.id, manifest.id
-        )));
+        ));
     }
     if let Some(v) = &manifest.version
         && v != &info.version
     {
-        return Err(refuse(format!(
+        return Err(format!(
             "the library's version is {} but the manifest says {v}",
             info.version
-        )));
+        ));
     }
     if info.capabilities != manifest.capabilities {
-        return Err(refuse(format!(
+        return Err(format!(
             "capabilities disagree: manifest declares {}, library implements {}",
             describe_capabilities(manifest.capabilities),
             describe_capabilities(info.capabilities)
-        )));
+        ));
     }
     if info.wire_version < 1 {
-        return Err(refuse(format!(
-            "unsupported wire version {}",
-            info.wire_version
-        )));
+        return Err(format!("unsupported wire version {}", info.wire_version));
     }
     if info.wire_version > WIRE_VERSION {
-        tracing::debug!(plugin = %id, "plugin speaks wire version {}, host {WIRE_VERSION}", info.wire_version);
+        tracing::debug!(plugin = %manifest.id, "plugin speaks wire version {}, host {WIRE_VERSION}", info.wire_version);
     }
-
-    if let Err(e) = (module.init())(host_services_for(&id)).into_result() {
-        let e = plugin_api::PluginError::from_ffi(e);
-        return Err(refuse(format!("init failed: {e}")));
-    }
-
-    Ok(Plugin::new(Arc::new(manifest), info, library, module))
+    Ok(())
 }
 
 fn known_generations() -> String {

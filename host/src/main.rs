@@ -48,6 +48,15 @@ enum Command {
         #[arg(long)]
         bind: Option<std::net::SocketAddr>,
     },
+    /// Serve one process-isolated plugin to its host over stdin/stdout (started by the host).
+    #[command(hide = true)]
+    PluginHost {
+        /// The plugin's manifest.
+        manifest: PathBuf,
+        /// The library the host resolved and hashed.
+        #[arg(long)]
+        library: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -62,6 +71,10 @@ struct LoadArgs {
     /// Refuse plugins whose manifest pins no sha256.
     #[arg(long)]
     require_hash: bool,
+    /// Run every plugin this way, whatever its manifest says (`process`: each in a supervised
+    /// child process of its own).
+    #[arg(long, value_enum)]
+    isolation: Option<host::isolation::Isolation>,
 }
 
 impl LoadArgs {
@@ -71,6 +84,11 @@ impl LoadArgs {
         LoaderOptions {
             lib_dirs,
             require_hash: self.require_hash,
+            isolation: host::isolation::IsolationPolicy {
+                force: self.isolation,
+                ..Default::default()
+            },
+            ..Default::default()
         }
     }
 }
@@ -88,30 +106,7 @@ enum PluginsCommand {
     /// Load one manifest and its library, then call each declared capability once (exit 1 if
     /// it is refused or an entry point is broken: a panic, malformed JSON, a declared mode it
     /// does not support, no answer in time).
-    Check {
-        /// The manifest file.
-        manifest: PathBuf,
-        #[command(flatten)]
-        load: LoadArgs,
-        /// Only load: call nothing.
-        #[arg(long)]
-        load_only: bool,
-        /// Ordinary errors (no server, no key, made-up tool input rejected) fail too.
-        #[arg(long)]
-        strict: bool,
-        /// Config overrides, as a JSON object (inline, or @file).
-        #[arg(long)]
-        config: Option<String>,
-        /// The tool activity to call (default: the first).
-        #[arg(long)]
-        activity: Option<String>,
-        /// The tool input, as JSON (default: a minimal value made from the activity's schema).
-        #[arg(long)]
-        input: Option<String>,
-        /// Seconds allowed per call.
-        #[arg(long, default_value_t = 60.0)]
-        timeout: f64,
-    },
+    Check(CheckArgs),
     /// Write a new plugin crate (Cargo.toml, src/lib.rs with tests, manifest, README) to start
     /// from, outside this repository.
     New {
@@ -133,6 +128,32 @@ enum PluginsCommand {
         /// The library file.
         library: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The manifest file.
+    manifest: PathBuf,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Only load: call nothing.
+    #[arg(long)]
+    load_only: bool,
+    /// Ordinary errors (no server, no key, made-up tool input rejected) fail too.
+    #[arg(long)]
+    strict: bool,
+    /// Config overrides, as a JSON object (inline, or @file).
+    #[arg(long)]
+    config: Option<String>,
+    /// The tool activity to call (default: the first).
+    #[arg(long)]
+    activity: Option<String>,
+    /// The tool input, as JSON (default: a minimal value made from the activity's schema).
+    #[arg(long)]
+    input: Option<String>,
+    /// Seconds allowed per call.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
 }
 
 #[derive(Copy, Clone, ValueEnum)]
@@ -206,7 +227,12 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // A plugin's child logs JSON lines, which its host re-emits under the plugin's id.
+    let format = match cli.command {
+        Command::PluginHost { .. } => LogFormat::Json,
+        _ => cli.log_format,
+    };
+    init_tracing(format);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -221,160 +247,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plugins { command } => plugins(command),
         Command::Run(args) => run_task(args),
         Command::Serve { config, bind } => serve(config, bind),
+        Command::PluginHost { manifest, library } => {
+            Ok(host::isolation::serve_child(&manifest, &library))
+        }
     }
 }
 
 fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
     match command {
-        PluginsCommand::List { load, json } => {
-            let registry = Registry::load_dirs(&load.manifest_dirs, &load.options());
-            let rows = registry.rows();
-            let mut out = std::io::stdout().lock();
-            if json {
-                serde_json::to_writer_pretty(&mut out, &rows)?;
-                writeln!(out)?;
-            } else {
-                writeln!(
-                    out,
-                    "{:<16} {:<15} {:<8} {:<8} {:<40} PATH",
-                    "ID", "KIND", "VERSION", "STATUS", "CAPABILITIES"
-                )?;
-                for r in rows {
-                    let kinds: Vec<&str> = r.kinds.iter().map(|k| k.as_str()).collect();
-                    let path = r.library.as_ref().unwrap_or(&r.manifest);
-                    writeln!(
-                        out,
-                        "{:<16} {:<15} {:<8} {:<8} {:<40} {}",
-                        r.id,
-                        if kinds.is_empty() {
-                            "-".into()
-                        } else {
-                            kinds.join(",")
-                        },
-                        r.version.as_deref().unwrap_or("-"),
-                        r.status,
-                        if r.capabilities.is_empty() {
-                            "-"
-                        } else {
-                            &r.capabilities
-                        },
-                        path.display()
-                    )?;
-                    if let Some(reason) = r.reason {
-                        writeln!(out, "    reason: {reason}")?;
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        PluginsCommand::Check {
-            manifest,
-            load,
-            load_only,
-            strict,
-            config,
-            activity,
-            input,
-            timeout,
-        } => {
-            let mut registry = Registry::new();
-            let id = match registry.add_manifest(&manifest, &load.options()) {
-                Ok(id) => id,
-                Err(e) => {
-                    println!("refused: {e}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            let p = registry
-                .get(&id)
-                .context("plugin vanished from the registry")?;
-            println!(
-                "ok: plugin `{id}` {} ({}) from {}",
-                p.info().version,
-                host::manifest::describe_capabilities(p.capabilities()),
-                p.library().display()
-            );
-            if load_only {
-                return Ok(ExitCode::SUCCESS);
-            }
-            if !(timeout.is_finite() && timeout > 0.0) {
-                anyhow::bail!("--timeout must be a positive number of seconds");
-            }
-            let options = host::check::CheckOptions {
-                config: config.map(|c| json_arg("--config", &c)).transpose()?,
-                activity,
-                input: input.map(|i| json_arg("--input", &i)).transpose()?,
-                timeout: std::time::Duration::from_secs_f64(timeout),
-            };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            // A driver is made the one way every front makes it: with its model prepared.
-            let mut host_config = HostConfig::default();
-            if let Err(e) = rt.block_on(host_config.prepare(p, &host::models::cache_dir(), true)) {
-                println!("  FAIL prepare model: {e}");
-                return Ok(ExitCode::FAILURE);
-            }
-            let lines = rt.block_on(host::check::exercise(p, &host_config, &options));
-            let mut failed = false;
-            for line in &lines {
-                let (tag, text) = match &line.outcome {
-                    host::check::Outcome::Ok(t) => ("ok", t),
-                    host::check::Outcome::Warn(t) => {
-                        failed |= strict;
-                        ("warn", t)
-                    }
-                    host::check::Outcome::Fail(t) => {
-                        failed = true;
-                        ("FAIL", t)
-                    }
-                };
-                println!(
-                    "  {tag:<4} {} ({} ms): {text}",
-                    line.what,
-                    line.elapsed.as_millis()
-                );
-            }
-            rt.shutdown_timeout(std::time::Duration::from_millis(100));
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        PluginsCommand::List { load, json } => plugins_list(&load, json),
+        PluginsCommand::Check(args) => plugins_check(args),
         PluginsCommand::New {
             name,
             kind,
             dir,
             plugin_api,
-        } => {
-            let kind = match kind {
-                NewKind::Tool => host::scaffold::TemplateKind::Tool,
-                NewKind::Driver => host::scaffold::TemplateKind::Driver,
-                NewKind::Listener => host::scaffold::TemplateKind::Listener,
-            };
-            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let source = match plugin_api {
-                Some(arg) => host::scaffold::PluginApiSource::parse(&arg),
-                None => host::scaffold::PluginApiSource::default_for_this_host(),
-            };
-            let files = host::scaffold::write_plugin(&name, kind, &dir, &source)
-                .map_err(anyhow::Error::msg)?;
-            for f in &files {
-                println!("wrote {}", f.display());
-            }
-            if let host::scaffold::PluginApiSource::Version(v) = &source {
-                println!(
-                    "note: plugin-api is taken from the registry as version {v:?}; pass --plugin-api <path to plugin-api> to use a checkout"
-                );
-            }
-            println!(
-                "next: cd {} && cargo test && cargo build --release && grip plugins check manifests/{name}.toml --lib-dir target/release",
-                dir.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => plugins_new(&name, kind, dir, plugin_api),
         PluginsCommand::Hash { library } => {
             let hash = host::loader::sha256_file(&library)
                 .with_context(|| format!("reading {}", library.display()))?;
@@ -382,6 +270,164 @@ fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn plugins_list(load: &LoadArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let registry = Registry::load_dirs(&load.manifest_dirs, &load.options());
+    let rows = registry.rows();
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{:<16} {:<15} {:<8} {:<8} {:<40} {:<18} PATH",
+            "ID", "KIND", "VERSION", "STATUS", "CAPABILITIES", "ISOLATION"
+        )?;
+        for r in rows {
+            let kinds: Vec<&str> = r.kinds.iter().map(|k| k.as_str()).collect();
+            let path = r.library.as_ref().unwrap_or(&r.manifest);
+            writeln!(
+                out,
+                "{:<16} {:<15} {:<8} {:<8} {:<40} {:<18} {}",
+                r.id,
+                if kinds.is_empty() {
+                    "-".into()
+                } else {
+                    kinds.join(",")
+                },
+                r.version.as_deref().unwrap_or("-"),
+                r.status,
+                if r.capabilities.is_empty() {
+                    "-"
+                } else {
+                    &r.capabilities
+                },
+                match (r.isolation, r.pid) {
+                    (Some(i), Some(pid)) => format!("{} pid {pid}", i.as_str()),
+                    (Some(i), None) => i.as_str().to_owned(),
+                    (None, _) => "-".into(),
+                },
+                path.display()
+            )?;
+            if let Some(reason) = r.reason {
+                writeln!(out, "    reason: {reason}")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plugins_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let CheckArgs {
+        manifest,
+        load,
+        load_only,
+        strict,
+        config,
+        activity,
+        input,
+        timeout,
+    } = args;
+    let mut registry = Registry::new();
+    let id = match registry.add_manifest(&manifest, &load.options()) {
+        Ok(id) => id,
+        Err(e) => {
+            println!("refused: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let p = registry
+        .get(&id)
+        .context("plugin vanished from the registry")?;
+    println!(
+        "ok: plugin `{id}` {} ({}) from {}",
+        p.info().version,
+        host::manifest::describe_capabilities(p.capabilities()),
+        p.library().display()
+    );
+    if load_only {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !(timeout.is_finite() && timeout > 0.0) {
+        anyhow::bail!("--timeout must be a positive number of seconds");
+    }
+    let options = host::check::CheckOptions {
+        config: config.map(|c| json_arg("--config", &c)).transpose()?,
+        activity,
+        input: input.map(|i| json_arg("--input", &i)).transpose()?,
+        timeout: std::time::Duration::from_secs_f64(timeout),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // A driver is made the one way every front makes it: with its model prepared.
+    let mut host_config = HostConfig::default();
+    if let Err(e) = rt.block_on(host_config.prepare(p, &host::models::cache_dir(), true)) {
+        println!("  FAIL prepare model: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    let lines = rt.block_on(host::check::exercise(p, &host_config, &options));
+    let mut failed = false;
+    for line in &lines {
+        let (tag, text) = match &line.outcome {
+            host::check::Outcome::Ok(t) => ("ok", t),
+            host::check::Outcome::Warn(t) => {
+                failed |= strict;
+                ("warn", t)
+            }
+            host::check::Outcome::Fail(t) => {
+                failed = true;
+                ("FAIL", t)
+            }
+        };
+        println!(
+            "  {tag:<4} {} ({} ms): {text}",
+            line.what,
+            line.elapsed.as_millis()
+        );
+    }
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn plugins_new(
+    name: &str,
+    kind: NewKind,
+    dir: Option<PathBuf>,
+    plugin_api: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let kind = match kind {
+        NewKind::Tool => host::scaffold::TemplateKind::Tool,
+        NewKind::Driver => host::scaffold::TemplateKind::Driver,
+        NewKind::Listener => host::scaffold::TemplateKind::Listener,
+    };
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let source = match plugin_api {
+        Some(arg) => host::scaffold::PluginApiSource::parse(&arg),
+        None => host::scaffold::PluginApiSource::default_for_this_host(),
+    };
+    let files =
+        host::scaffold::write_plugin(name, kind, &dir, &source).map_err(anyhow::Error::msg)?;
+    for f in &files {
+        println!("wrote {}", f.display());
+    }
+    if let host::scaffold::PluginApiSource::Version(v) = &source {
+        println!(
+            "note: plugin-api is taken from the registry as version {v:?}; pass --plugin-api <path to plugin-api> to use a checkout"
+        );
+    }
+    println!(
+        "next: cd {} && cargo test && cargo build --release && grip plugins check manifests/{name}.toml --lib-dir target/release",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn json_arg(what: &str, value: &str) -> anyhow::Result<serde_json::Value> {

@@ -19,130 +19,28 @@
 //!
 //! [overrides]                          # config keys a daemon request may change (default: none)
 //! allow = ["chunk_chars", "script"]    # dotted paths reach nested keys: "http.retry"
+//!
+//! # isolation = "process"              # run it in a supervised child (default "in_process")
+//! # [process]                          # only used when process-isolated
+//! # call_timeout_secs = 300            # a call running longer gets the child killed, restarted
+//! # address_space_mb = 4096            # RLIMIT_AS of the child
+//! # cpu_secs = 3600                    # RLIMIT_CPU of the child
+//! # open_files = 256                   # RLIMIT_NOFILE of the child
 //! ```
 //!
 //! Unknown fields are errors (a typo should not be silently ignored), and every error names the
 //! file, the line and the column.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use plugin_api::abi::Capabilities;
 use serde::Deserialize;
 use toml::Spanned;
 
-/// A kind of plugin.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// Answers prompts.
-    PromptDriver,
-    /// Offers activities the model can call.
-    Tool,
-    /// Receives events.
-    EventListener,
-}
+use crate::isolation::{Isolation, ProcessSettings};
 
-impl Kind {
-    /// Every kind, in display order.
-    pub const ALL: [Kind; 3] = [Kind::PromptDriver, Kind::Tool, Kind::EventListener];
-
-    /// The manifest spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::PromptDriver => "prompt_driver",
-            Kind::Tool => "tool",
-            Kind::EventListener => "event_listener",
-        }
-    }
-
-    fn shift(self) -> u32 {
-        match self {
-            Kind::PromptDriver => Capabilities::DRIVER_SHIFT,
-            Kind::Tool => Capabilities::TOOL_SHIFT,
-            Kind::EventListener => Capabilities::LISTENER_SHIFT,
-        }
-    }
-
-    fn modes(self) -> &'static [Mode] {
-        match self {
-            Kind::PromptDriver => &[Mode::Sync, Mode::Async, Mode::Stream],
-            Kind::Tool | Kind::EventListener => &[Mode::Sync, Mode::Async],
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A way of calling a plugin.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Blocking call.
-    Sync,
-    /// Future.
-    Async,
-    /// Stream of deltas (prompt drivers only).
-    Stream,
-}
-
-impl Mode {
-    fn bit(self) -> u32 {
-        match self {
-            Mode::Sync => 1,
-            Mode::Async => 2,
-            Mode::Stream => 4,
-        }
-    }
-
-    /// The manifest spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Sync => "sync",
-            Mode::Async => "async",
-            Mode::Stream => "stream",
-        }
-    }
-}
-
-/// The capability bit of one kind in one mode.
-pub fn capability(kind: Kind, mode: Mode) -> Capabilities {
-    Capabilities(mode.bit() << kind.shift())
-}
-
-/// Renders a capability set the way a manifest spells it: `prompt_driver[sync,async] tool[sync]`.
-pub fn describe_capabilities(caps: Capabilities) -> String {
-    let mut parts = Vec::new();
-    for kind in Kind::ALL {
-        let modes: Vec<&str> = kind
-            .modes()
-            .iter()
-            .filter(|m| caps.contains(capability(kind, **m)))
-            .map(|m| m.as_str())
-            .collect();
-        if !modes.is_empty() {
-            parts.push(format!("{kind}[{}]", modes.join(",")));
-        }
-    }
-    let unknown = caps.0 & !Capabilities::ALL_KNOWN.0;
-    if unknown != 0 {
-        parts.push(format!("unknown({unknown:#x})"));
-    }
-    if parts.is_empty() {
-        "none".into()
-    } else {
-        parts.join(" ")
-    }
-}
+pub use crate::capability::{Kind, Mode, capability, describe_capabilities};
 
 /// Where the plugin's shared library is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +77,10 @@ pub struct Manifest {
     pub model_source: Option<serde_json::Value>,
     /// Config keys a daemon request may override (`[overrides] allow`); empty: none.
     pub overridable: Vec<String>,
+    /// Where its code runs (`isolation`); the operator's choice may override it.
+    pub isolation: Isolation,
+    /// How its child is run when process-isolated (`[process]`).
+    pub process: ProcessSettings,
 }
 
 /// A manifest that could not be read or is invalid.
@@ -218,6 +120,10 @@ struct RawManifest {
     config: toml::Table,
     #[serde(default)]
     overrides: Option<RawOverrides>,
+    #[serde(default)]
+    isolation: Isolation,
+    #[serde(default)]
+    process: ProcessSettings,
 }
 
 #[derive(Deserialize)]
@@ -268,22 +174,7 @@ impl Manifest {
     /// # Errors
     /// A [`ManifestError`] naming the file, the line and the field.
     pub fn parse(path: &Path, src: &str) -> Result<Self, ManifestError> {
-        let err_at = |span: Option<std::ops::Range<usize>>, message: String| {
-            let (line, column) = match span {
-                Some(s) => {
-                    let (l, c) = line_col(src, s.start);
-                    (Some(l), Some(c))
-                }
-                None => (None, None),
-            };
-            ManifestError {
-                path: path.to_owned(),
-                line,
-                column,
-                message,
-            }
-        };
-
+        let at = Source { path, src };
         let raw: RawManifest = toml::from_str(src).map_err(|e| {
             let message = e
                 .message()
@@ -292,145 +183,21 @@ impl Manifest {
                 .filter(|l| !l.is_empty())
                 .collect::<Vec<_>>()
                 .join(", ");
-            err_at(e.span(), message)
+            at.error(e.span(), message)
         })?;
-
-        let id = raw.id.get_ref().trim();
-        if id.is_empty()
-            || id.len() > 64
-            || !id.chars().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
-            })
-        {
-            return Err(err_at(
-                Some(raw.id.span()),
-                format!(
-                    "field `id`: {:?} is not a valid plugin id (1 to 64 of a-z, 0-9, '-', '_', '.')",
-                    raw.id.get_ref()
-                ),
-            ));
-        }
-
-        let kinds = raw.kinds.get_ref().clone();
-        if kinds.is_empty() {
-            return Err(err_at(
-                Some(raw.kinds.span()),
-                "field `kinds`: at least one of prompt_driver, tool, event_listener is needed"
-                    .into(),
-            ));
-        }
-        for (i, k) in kinds.iter().enumerate() {
-            if kinds[..i].contains(k) {
-                return Err(err_at(
-                    Some(raw.kinds.span()),
-                    format!("field `kinds`: `{k}` is listed twice"),
-                ));
-            }
-        }
-
-        let mut capabilities = Capabilities::NONE;
-        let caps_table = raw.capabilities.get_ref();
-        for (kind, modes) in caps_table {
-            if !kinds.contains(kind) {
-                return Err(err_at(
-                    Some(modes.span()),
-                    format!("field `capabilities.{kind}`: `{kind}` is not in `kinds`"),
-                ));
-            }
-            if modes.get_ref().is_empty() {
-                return Err(err_at(
-                    Some(modes.span()),
-                    format!(
-                        "field `capabilities.{kind}`: list at least one of sync, async, stream"
-                    ),
-                ));
-            }
-            for mode in modes.get_ref() {
-                if !kind.modes().contains(mode) {
-                    return Err(err_at(
-                        Some(modes.span()),
-                        format!(
-                            "field `capabilities.{kind}`: `{}` is not a mode of a {kind} (only prompt drivers stream)",
-                            mode.as_str()
-                        ),
-                    ));
-                }
-                capabilities = capabilities | capability(*kind, *mode);
-            }
-        }
-        for kind in &kinds {
-            if !caps_table.contains_key(kind) {
-                return Err(err_at(
-                    Some(raw.capabilities.span()),
-                    format!(
-                        "field `capabilities`: kind `{kind}` is declared but has no `{kind} = [...]` entry"
-                    ),
-                ));
-            }
-        }
-
-        let lib = raw.library.get_ref();
-        let library = match (&lib.path, &lib.name) {
-            (Some(p), None) if !p.get_ref().trim().is_empty() => {
-                LibrarySource::Path(PathBuf::from(p.get_ref()))
-            }
-            (None, Some(n)) if !n.get_ref().trim().is_empty() => {
-                let name = n.get_ref();
-                if name.contains(['/', '\\']) {
-                    return Err(err_at(
-                        Some(n.span()),
-                        "field `library.name`: a name has no directory part; use `library.path` for a path".into(),
-                    ));
-                }
-                LibrarySource::Name(name.clone())
-            }
-            (Some(_), Some(n)) => {
-                return Err(err_at(
-                    Some(n.span()),
-                    "field `library`: give either `path` or `name`, not both".into(),
-                ));
-            }
-            (Some(s), None) | (None, Some(s)) => {
-                return Err(err_at(
-                    Some(s.span()),
-                    "field `library`: the path or name is empty".into(),
-                ));
-            }
-            (None, None) => {
-                return Err(err_at(
-                    Some(raw.library.span()),
-                    "field `library`: give `path` (relative to the manifest) or `name` (e.g. \"my_plugin\")".into(),
-                ));
-            }
-        };
-
-        let sha256 = match &lib.sha256 {
-            None => None,
-            Some(s) => {
-                let h = s.get_ref().trim().to_ascii_lowercase();
-                if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(err_at(
-                        Some(s.span()),
-                        "field `library.sha256`: expected 64 hex digits (run `grip plugins hash <library>`)".into(),
-                    ));
-                }
-                Some(h)
-            }
-        };
-
+        let id = check_id(&at, &raw.id)?;
+        let kinds = check_kinds(&at, &raw.kinds)?;
+        let capabilities = check_capabilities(&at, &kinds, &raw.capabilities)?;
+        let library = check_library(&at, &raw.library)?;
+        let sha256 = check_sha256(&at, raw.library.get_ref().sha256.as_ref())?;
         let version = match raw.version {
             Some(v) if v.get_ref().trim().is_empty() => {
-                return Err(err_at(
-                    Some(v.span()),
-                    "field `version`: must not be empty".into(),
-                ));
+                return Err(at.field(&v, "field `version`: must not be empty".into()));
             }
-            Some(v) => Some(v.into_inner()),
-            None => None,
+            v => v.map(Spanned::into_inner),
         };
-
         let mut config = serde_json::to_value(&raw.config).map_err(|e| {
-            err_at(
+            at.error(
                 None,
                 format!("field `config`: cannot be represented as JSON: {e}"),
             )
@@ -439,21 +206,17 @@ impl Manifest {
         let model_source = config
             .as_object_mut()
             .and_then(|c| c.remove("model_source"));
-
         let overridable = match raw.overrides {
             None => Vec::new(),
             Some(o) => {
-                let span = o.allow.span();
-                let keys = o.allow.into_inner();
-                crate::overrides::validate_keys(&keys)
-                    .map_err(|m| err_at(Some(span), format!("field `overrides.allow`: {m}")))?;
-                keys
+                crate::overrides::validate_keys(o.allow.get_ref())
+                    .map_err(|m| at.field(&o.allow, format!("field `overrides.allow`: {m}")))?;
+                o.allow.into_inner()
             }
         };
-
         Ok(Manifest {
             path: path.to_owned(),
-            id: id.to_owned(),
+            id,
             description: raw.description,
             version,
             kinds,
@@ -463,6 +226,8 @@ impl Manifest {
             config,
             model_source,
             overridable,
+            isolation: raw.isolation,
+            process: raw.process,
         })
     }
 
@@ -470,6 +235,157 @@ impl Manifest {
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
     }
+}
+
+/// The manifest text being parsed, for errors that point into it.
+struct Source<'a> {
+    path: &'a Path,
+    src: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, span: Option<std::ops::Range<usize>>, message: String) -> ManifestError {
+        let (line, column) = span.map_or((None, None), |s| {
+            let (l, c) = line_col(self.src, s.start);
+            (Some(l), Some(c))
+        });
+        ManifestError {
+            path: self.path.to_owned(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    /// An error at the value `at`.
+    fn field<T>(&self, at: &Spanned<T>, message: String) -> ManifestError {
+        self.error(Some(at.span()), message)
+    }
+}
+
+fn check_id(at: &Source<'_>, raw: &Spanned<String>) -> Result<String, ManifestError> {
+    let id = raw.get_ref().trim();
+    let valid =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
+    if id.is_empty() || id.len() > 64 || !id.chars().all(valid) {
+        return Err(at.field(
+            raw,
+            format!(
+                "field `id`: {:?} is not a valid plugin id (1 to 64 of a-z, 0-9, '-', '_', '.')",
+                raw.get_ref()
+            ),
+        ));
+    }
+    Ok(id.to_owned())
+}
+
+fn check_kinds(at: &Source<'_>, raw: &Spanned<Vec<Kind>>) -> Result<Vec<Kind>, ManifestError> {
+    let kinds = raw.get_ref();
+    if kinds.is_empty() {
+        return Err(at.field(
+            raw,
+            "field `kinds`: at least one of prompt_driver, tool, event_listener is needed".into(),
+        ));
+    }
+    for (i, k) in kinds.iter().enumerate() {
+        if kinds[..i].contains(k) {
+            return Err(at.field(raw, format!("field `kinds`: `{k}` is listed twice")));
+        }
+    }
+    Ok(kinds.clone())
+}
+
+/// `[capabilities]`: one non-empty entry per declared kind, each mode valid for its kind.
+fn check_capabilities(
+    at: &Source<'_>,
+    kinds: &[Kind],
+    raw: &Spanned<BTreeMap<Kind, Spanned<Vec<Mode>>>>,
+) -> Result<Capabilities, ManifestError> {
+    let mut capabilities = Capabilities::NONE;
+    for (kind, modes) in raw.get_ref() {
+        if !kinds.contains(kind) {
+            return Err(at.field(
+                modes,
+                format!("field `capabilities.{kind}`: `{kind}` is not in `kinds`"),
+            ));
+        }
+        if modes.get_ref().is_empty() {
+            return Err(at.field(
+                modes,
+                format!("field `capabilities.{kind}`: list at least one of sync, async, stream"),
+            ));
+        }
+        for mode in modes.get_ref() {
+            if !kind.modes().contains(mode) {
+                return Err(at.field(
+                    modes,
+                    format!(
+                        "field `capabilities.{kind}`: `{}` is not a mode of a {kind} (only prompt drivers stream)",
+                        mode.as_str()
+                    ),
+                ));
+            }
+            capabilities = capabilities | capability(*kind, *mode);
+        }
+    }
+    if let Some(kind) = kinds.iter().find(|k| !raw.get_ref().contains_key(k)) {
+        return Err(at.field(
+            raw,
+            format!(
+                "field `capabilities`: kind `{kind}` is declared but has no `{kind} = [...]` entry"
+            ),
+        ));
+    }
+    Ok(capabilities)
+}
+
+/// `[library]`: exactly one of a non-empty `path` or a bare `name`.
+fn check_library(
+    at: &Source<'_>,
+    raw: &Spanned<RawLibrary>,
+) -> Result<LibrarySource, ManifestError> {
+    let lib = raw.get_ref();
+    match (&lib.path, &lib.name) {
+        (Some(p), None) if !p.get_ref().trim().is_empty() => {
+            Ok(LibrarySource::Path(PathBuf::from(p.get_ref())))
+        }
+        (None, Some(n)) if !n.get_ref().trim().is_empty() => {
+            if n.get_ref().contains(['/', '\\']) {
+                return Err(at.field(
+                    n,
+                    "field `library.name`: a name has no directory part; use `library.path` for a path".into(),
+                ));
+            }
+            Ok(LibrarySource::Name(n.get_ref().clone()))
+        }
+        (Some(_), Some(n)) => Err(at.field(
+            n,
+            "field `library`: give either `path` or `name`, not both".into(),
+        )),
+        (Some(s), None) | (None, Some(s)) => {
+            Err(at.field(s, "field `library`: the path or name is empty".into()))
+        }
+        (None, None) => Err(at.field(
+            raw,
+            "field `library`: give `path` (relative to the manifest) or `name` (e.g. \"my_plugin\")".into(),
+        )),
+    }
+}
+
+fn check_sha256(
+    at: &Source<'_>,
+    raw: Option<&Spanned<String>>,
+) -> Result<Option<String>, ManifestError> {
+    let Some(s) = raw else { return Ok(None) };
+    let h = s.get_ref().trim().to_ascii_lowercase();
+    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(at.field(
+            s,
+            "field `library.sha256`: expected 64 hex digits (run `grip plugins hash <library>`)"
+                .into(),
+        ));
+    }
+    Ok(Some(h))
 }
 
 /// Every `*.toml` file directly in `dir`, sorted by name.

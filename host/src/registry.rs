@@ -52,6 +52,10 @@ pub struct PluginRow {
     pub reason: Option<String>,
     /// The config keys a daemon request may override.
     pub overridable: Vec<String>,
+    /// `in_process` or `process` (when loaded).
+    pub isolation: Option<crate::isolation::Isolation>,
+    /// The pid of a process-isolated plugin's child.
+    pub pid: Option<u32>,
 }
 
 impl Registry {
@@ -169,6 +173,8 @@ impl Registry {
                 status: "loaded",
                 reason: None,
                 overridable: p.manifest().overridable.clone(),
+                isolation: Some(p.isolation()),
+                pid: p.child_pid(),
             })
             .collect();
         rows.extend(self.refused.iter().map(|r| PluginRow {
@@ -181,6 +187,8 @@ impl Registry {
             status: "refused",
             reason: Some(r.error.to_string()),
             overridable: Vec::new(),
+            isolation: None,
+            pid: None,
         }));
         rows
     }

@@ -44,6 +44,8 @@ impl Artifacts {
         LoaderOptions {
             lib_dirs: vec![self.lib_dir.clone()],
             require_hash: false,
+            plugin_host: Some(self.grip()),
+            ..Default::default()
         }
     }
 }
@@ -149,6 +151,8 @@ pub struct ManifestSpec {
     pub extra: String,
     /// `[overrides] allow`: the config keys a daemon request may change.
     pub overridable: Vec<String>,
+    /// Top-level keys, before any table (`isolation = "process"`).
+    pub top: String,
 }
 
 impl ManifestSpec {
@@ -163,6 +167,7 @@ impl ManifestSpec {
             capabilities: Vec::new(),
             extra: String::new(),
             overridable: Vec::new(),
+            top: String::new(),
         }
     }
 
@@ -197,6 +202,13 @@ impl ManifestSpec {
         self
     }
 
+    /// Runs the plugin in a child process of its own, with `[process]` settings (TOML lines).
+    pub fn isolated(mut self, process: &str) -> Self {
+        self.top.push_str("isolation = \"process\"\n");
+        self.extra.push_str(&format!("\n[process]\n{process}\n"));
+        self
+    }
+
     /// Points the manifest at library `name` in the library path.
     pub fn named_library(mut self, name: &str) -> Self {
         self.library = name.into();
@@ -212,6 +224,7 @@ impl ManifestSpec {
             self.id,
             kinds.join(", ")
         );
+        s.insert_str(0, &self.top);
         if self.by_name {
             s.push_str(&format!("name = {:?}\n", self.library));
         } else {

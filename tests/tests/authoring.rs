@@ -126,6 +126,7 @@ fn registry_in(manifest_dirs: &[PathBuf], libs: &Path) -> Registry {
     let options = LoaderOptions {
         lib_dirs: vec![libs.to_owned(), a.lib_dir.clone()],
         require_hash: false,
+        ..Default::default()
     };
     let r = Registry::load_dirs(manifest_dirs, &options);
     assert!(r.refused().is_empty(), "{:?}", r.refused());

@@ -167,6 +167,12 @@ pub struct PluginsConfig {
     /// Per plugin id: the config keys a request may override (replaces the manifest's list).
     #[serde(default)]
     pub overrides: std::collections::BTreeMap<String, Vec<String>>,
+    /// Run every plugin this way, whatever its manifest says (`"process"` or `"in_process"`).
+    #[serde(default)]
+    pub isolation: Option<crate::isolation::Isolation>,
+    /// Per plugin id: how it runs (wins over `isolation` and the manifest).
+    #[serde(default)]
+    pub isolation_by_id: std::collections::BTreeMap<String, crate::isolation::Isolation>,
 }
 
 impl Default for PluginsConfig {
@@ -176,6 +182,8 @@ impl Default for PluginsConfig {
             lib_dirs: Vec::new(),
             require_hash: false,
             overrides: Default::default(),
+            isolation: None,
+            isolation_by_id: Default::default(),
         }
     }
 }
@@ -261,6 +269,11 @@ impl DaemonConfig {
         LoaderOptions {
             lib_dirs,
             require_hash: self.plugins.require_hash,
+            isolation: crate::isolation::IsolationPolicy {
+                force: self.plugins.isolation,
+                by_plugin: self.plugins.isolation_by_id.clone(),
+            },
+            ..Default::default()
         }
     }
 }

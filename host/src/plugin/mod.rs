@@ -5,18 +5,16 @@
 //! turn every failure into a [`CallError`] naming the plugin. A future or stream poll that
 //! panics despite the SDK's guards (a plugin not built with our SDK) is caught here too.
 
-use std::panic::AssertUnwindSafe;
+mod raw;
+
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::{FutureExt, Stream};
-use plugin_api::abi::{
-    Capabilities, DeltaStreamBox, ListenerBox, PluginModV1Ref, PromptDriverBox, ToolBox,
-};
-use plugin_api::abi_stable::std_types::{RNone, RResult, RSome, RString};
-use plugin_api::async_ffi::{ContextExt, FfiPoll};
+use futures::Stream;
+use plugin_api::abi::{Capabilities, PluginModV1Ref};
+use plugin_api::abi_stable::std_types::RResult;
 use plugin_api::wire::{
     Event, EventKind, PromptRequest, PromptResponse, StreamDelta, ToolInvocation, ToolOutput,
     ToolSpec,
@@ -25,7 +23,11 @@ use plugin_api::{ErrorKind, PluginError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub(crate) use raw::{Raw, RawStream};
+
 use crate::error::CallError;
+use crate::isolation::protocol::Method;
+use crate::isolation::{Isolation, Supervisor};
 use crate::manifest::{Kind, Manifest, Mode, capability};
 
 /// What a plugin says about itself.
@@ -60,7 +62,15 @@ struct PluginInner {
     manifest: Arc<Manifest>,
     info: PluginInfo,
     library: PathBuf,
-    module: PluginModV1Ref,
+    backend: Backend,
+}
+
+/// Where the plugin's code runs.
+pub(crate) enum Backend {
+    /// Loaded into this process.
+    Local(PluginModV1Ref),
+    /// In a supervised child process.
+    Process(Arc<Supervisor>),
 }
 
 impl std::fmt::Debug for Plugin {
@@ -98,7 +108,7 @@ pub fn merge_config(base: &mut serde_json::Value, overrides: &serde_json::Value)
     }
 }
 
-fn to_call_error<T>(
+pub(crate) fn to_call_error<T>(
     plugin: &str,
     op: &'static str,
     r: RResult<T, plugin_api::abi::PluginErrorFfi>,
@@ -107,13 +117,9 @@ fn to_call_error<T>(
         .map_err(|e| CallError::from_plugin(plugin, op, PluginError::from_ffi(e)))
 }
 
-fn decode<T: DeserializeOwned>(
-    plugin: &str,
-    op: &'static str,
-    json: &RString,
-) -> Result<T, CallError> {
-    serde_json::from_str(json.as_str()).map_err(|e| {
-        let snippet: String = json.as_str().chars().take(120).collect();
+fn decode<T: DeserializeOwned>(plugin: &str, op: &'static str, json: &str) -> Result<T, CallError> {
+    serde_json::from_str(json).map_err(|e| {
+        let snippet: String = json.chars().take(120).collect();
         CallError::host(
             plugin,
             op,
@@ -139,16 +145,82 @@ impl Plugin {
         manifest: Arc<Manifest>,
         info: PluginInfo,
         library: PathBuf,
-        module: PluginModV1Ref,
+        backend: Backend,
     ) -> Self {
         Self {
             inner: Arc::new(PluginInner {
                 manifest,
                 info,
                 library,
-                module,
+                backend,
             }),
         }
+    }
+
+    /// How it is isolated from the host.
+    pub fn isolation(&self) -> Isolation {
+        match self.inner.backend {
+            Backend::Local(_) => Isolation::InProcess,
+            Backend::Process(_) => Isolation::Process,
+        }
+    }
+
+    /// The pid of its child process, when process-isolated and running.
+    pub fn child_pid(&self) -> Option<u32> {
+        match &self.inner.backend {
+            Backend::Local(_) => None,
+            Backend::Process(s) => s.pid(),
+        }
+    }
+
+    /// How many times its child was restarted, when process-isolated.
+    pub fn child_restarts(&self) -> Option<u64> {
+        match &self.inner.backend {
+            Backend::Local(_) => None,
+            Backend::Process(s) => Some(s.restarts()),
+        }
+    }
+
+    /// A new instance of `kind`, with a tool's spec JSON.
+    fn instance(
+        &self,
+        kind: Kind,
+        op: &'static str,
+        overrides: Option<&serde_json::Value>,
+    ) -> Result<(Raw, Option<String>), CallError> {
+        self.require_kind(kind, op)?;
+        self.instance_with(kind, op, self.config_json(overrides))
+    }
+
+    /// A new instance of `kind` from its final config JSON (the child of a process-isolated
+    /// plugin is handed the config the host merged).
+    pub(crate) fn instance_with(
+        &self,
+        kind: Kind,
+        op: &'static str,
+        config: String,
+    ) -> Result<(Raw, Option<String>), CallError> {
+        let id = self.id();
+        let module = match &self.inner.backend {
+            Backend::Process(s) => return s.new_instance(kind, config),
+            Backend::Local(m) => m,
+        };
+        let c = config.as_str().into();
+        Ok(match kind {
+            Kind::PromptDriver => {
+                let d = to_call_error(id, op, (module.new_driver())(c))?;
+                (Raw::Driver(Arc::new(d)), None)
+            }
+            Kind::Tool => {
+                let t = to_call_error(id, op, (module.new_tool())(c))?;
+                let spec = to_call_error(id, "spec", t.spec())?.into_string();
+                (Raw::Tool(Arc::new(t)), Some(spec))
+            }
+            Kind::EventListener => {
+                let l = to_call_error(id, op, (module.new_listener())(c))?;
+                (Raw::Listener(Arc::new(l)), None)
+            }
+        })
     }
 
     /// Plugin id.
@@ -225,16 +297,10 @@ impl Plugin {
     /// # Errors
     /// When the plugin is not a driver or rejects the config.
     pub fn new_driver(&self, overrides: Option<&serde_json::Value>) -> Result<Driver, CallError> {
-        self.require_kind(Kind::PromptDriver, "new_driver")?;
-        let config = self.config_json(overrides);
-        let inner = to_call_error(
-            self.id(),
-            "new_driver",
-            (self.inner.module.new_driver())(config.as_str().into()),
-        )?;
+        let (inner, _) = self.instance(Kind::PromptDriver, "new_driver", overrides)?;
         Ok(Driver {
             plugin: self.clone(),
-            inner: Arc::new(inner),
+            inner,
         })
     }
 
@@ -243,15 +309,8 @@ impl Plugin {
     /// # Errors
     /// When the plugin is not a tool, rejects the config, or returns a bad spec.
     pub fn new_tool(&self, overrides: Option<&serde_json::Value>) -> Result<ToolHandle, CallError> {
-        self.require_kind(Kind::Tool, "new_tool")?;
-        let config = self.config_json(overrides);
-        let inner = to_call_error(
-            self.id(),
-            "new_tool",
-            (self.inner.module.new_tool())(config.as_str().into()),
-        )?;
-        let spec_json = to_call_error(self.id(), "spec", inner.spec())?;
-        let spec: ToolSpec = decode(self.id(), "spec", &spec_json)?;
+        let (inner, spec_json) = self.instance(Kind::Tool, "new_tool", overrides)?;
+        let spec: ToolSpec = decode(self.id(), "spec", spec_json.as_deref().unwrap_or(""))?;
         if spec.activities.is_empty() {
             return Err(CallError::host(
                 self.id(),
@@ -277,7 +336,7 @@ impl Plugin {
             plugin: self.clone(),
             spec: Arc::new(spec),
             validators: Arc::new(validators),
-            inner: Arc::new(inner),
+            inner,
         })
     }
 
@@ -289,16 +348,10 @@ impl Plugin {
         &self,
         overrides: Option<&serde_json::Value>,
     ) -> Result<ListenerHandle, CallError> {
-        self.require_kind(Kind::EventListener, "new_listener")?;
-        let config = self.config_json(overrides);
-        let inner = to_call_error(
-            self.id(),
-            "new_listener",
-            (self.inner.module.new_listener())(config.as_str().into()),
-        )?;
+        let (inner, _) = self.instance(Kind::EventListener, "new_listener", overrides)?;
         Ok(ListenerHandle {
             plugin: self.clone(),
-            inner: Arc::new(inner),
+            inner,
         })
     }
 
@@ -320,28 +373,11 @@ impl Plugin {
     }
 }
 
-/// Awaits a plugin future, turning a poll that panicked through the boundary into an error.
-async fn guarded<T>(
-    plugin: &str,
-    op: &'static str,
-    fut: impl std::future::Future<Output = RResult<T, plugin_api::abi::PluginErrorFfi>>,
-) -> Result<T, CallError> {
-    match AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(r) => to_call_error(plugin, op, r),
-        Err(_) => Err(CallError::host(
-            plugin,
-            op,
-            ErrorKind::Panic,
-            "the plugin's future panicked (no message: it was not guarded by the plugin SDK)",
-        )),
-    }
-}
-
 /// A prompt driver instance. Cheap to clone; usable from many tasks at once.
 #[derive(Clone)]
 pub struct Driver {
     plugin: Plugin,
-    inner: Arc<PromptDriverBox>,
+    inner: Raw,
 }
 
 impl std::fmt::Debug for Driver {
@@ -367,7 +403,7 @@ impl Driver {
         self.plugin
             .require(Kind::PromptDriver, Mode::Sync, "prompt")?;
         let req = encode(id, "prompt", request)?;
-        let out = to_call_error(id, "prompt", self.inner.prompt(req.as_str().into()))?;
+        let out = self.inner.call_blocking(id, Method::Prompt, &req)?;
         decode(id, "prompt", &out)
     }
 
@@ -380,7 +416,7 @@ impl Driver {
         self.plugin
             .require(Kind::PromptDriver, Mode::Async, "prompt_async")?;
         let req = encode(id, "prompt_async", request)?;
-        let out = guarded(id, "prompt_async", self.inner.prompt_async(req.into())).await?;
+        let out = self.inner.call(id, Method::PromptAsync, req).await?;
         decode(id, "prompt_async", &out)
     }
 
@@ -394,10 +430,10 @@ impl Driver {
         self.plugin
             .require(Kind::PromptDriver, Mode::Stream, "stream")?;
         let req = encode(id, "stream", request)?;
-        let inner = to_call_error(id, "stream", self.inner.stream(req.into()))?;
+        let inner = self.inner.stream(id, req)?;
         Ok(DriverStream {
             plugin: self.plugin.clone(),
-            inner: Some(Box::new(inner)),
+            inner,
         })
     }
 }
@@ -405,8 +441,7 @@ impl Driver {
 /// A stream of [`StreamDelta`]s from a driver plugin.
 pub struct DriverStream {
     plugin: Plugin,
-    // Boxed because abi_stable's trait objects are not `Unpin`.
-    inner: Option<Box<DeltaStreamBox>>,
+    inner: RawStream,
 }
 
 impl std::fmt::Debug for DriverStream {
@@ -429,32 +464,10 @@ impl Stream for DriverStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
         let id = this.plugin.id();
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            cx.with_ffi_context(|fcx| inner.poll_next(fcx))
-        }));
-        match polled {
-            Ok(FfiPoll::Pending) => Poll::Pending,
-            Ok(FfiPoll::Ready(RNone)) => {
-                this.inner = None;
-                Poll::Ready(None)
-            }
-            Ok(FfiPoll::Ready(RSome(item))) => Poll::Ready(Some(
-                to_call_error(id, "stream", item).and_then(|json| decode(id, "stream", &json)),
-            )),
-            Ok(FfiPoll::Panicked) | Err(_) => {
-                this.inner = None;
-                Poll::Ready(Some(Err(CallError::host(
-                    id,
-                    "stream",
-                    ErrorKind::Panic,
-                    "the plugin's stream panicked (no message: it was not guarded by the plugin SDK)",
-                ))))
-            }
-        }
+        this.inner
+            .poll_item(id, cx)
+            .map(|item| item.map(|r| r.and_then(|json| decode(id, "stream", &json))))
     }
 }
 
@@ -464,7 +477,7 @@ pub struct ToolHandle {
     plugin: Plugin,
     spec: Arc<ToolSpec>,
     validators: Arc<std::collections::HashMap<String, Arc<jsonschema::Validator>>>,
-    inner: Arc<ToolBox>,
+    inner: Raw,
 }
 
 impl std::fmt::Debug for ToolHandle {
@@ -499,7 +512,7 @@ impl ToolHandle {
         let id = self.plugin.id();
         self.plugin.require(Kind::Tool, Mode::Sync, "call")?;
         let inv = encode(id, "call", invocation)?;
-        let out = to_call_error(id, "call", self.inner.call(inv.as_str().into()))?;
+        let out = self.inner.call_blocking(id, Method::Call, &inv)?;
         decode(id, "call", &out)
     }
 
@@ -511,7 +524,7 @@ impl ToolHandle {
         let id = self.plugin.id();
         self.plugin.require(Kind::Tool, Mode::Async, "call_async")?;
         let inv = encode(id, "call_async", invocation)?;
-        let out = guarded(id, "call_async", self.inner.call_async(inv.into())).await?;
+        let out = self.inner.call(id, Method::CallAsync, inv).await?;
         decode(id, "call_async", &out)
     }
 }
@@ -520,7 +533,7 @@ impl ToolHandle {
 #[derive(Clone)]
 pub struct ListenerHandle {
     plugin: Plugin,
-    inner: Arc<ListenerBox>,
+    inner: Raw,
 }
 
 impl std::fmt::Debug for ListenerHandle {
@@ -567,7 +580,10 @@ impl ListenerHandle {
         self.plugin
             .require(Kind::EventListener, Mode::Sync, "publish")?;
         match self.batch("publish", events)? {
-            Some(batch) => to_call_error(id, "publish", self.inner.publish(batch.as_str().into())),
+            Some(batch) => self
+                .inner
+                .call_blocking(id, Method::Publish, &batch)
+                .map(drop),
             None => Ok(()),
         }
     }
@@ -581,9 +597,11 @@ impl ListenerHandle {
         self.plugin
             .require(Kind::EventListener, Mode::Async, "publish_async")?;
         match self.batch("publish_async", events)? {
-            Some(batch) => {
-                guarded(id, "publish_async", self.inner.publish_async(batch.into())).await
-            }
+            Some(batch) => self
+                .inner
+                .call(id, Method::PublishAsync, batch)
+                .await
+                .map(drop),
             None => Ok(()),
         }
     }
@@ -596,7 +614,7 @@ impl ListenerHandle {
         let id = self.plugin.id();
         self.plugin
             .require(Kind::EventListener, Mode::Sync, "flush")?;
-        to_call_error(id, "flush", self.inner.flush())
+        self.inner.call_blocking(id, Method::Flush, "").map(drop)
     }
 
     /// Async flush.
@@ -607,7 +625,10 @@ impl ListenerHandle {
         let id = self.plugin.id();
         self.plugin
             .require(Kind::EventListener, Mode::Async, "flush_async")?;
-        guarded(id, "flush_async", self.inner.flush_async()).await
+        self.inner
+            .call(id, Method::FlushAsync, String::new())
+            .await
+            .map(drop)
     }
 }
 

@@ -1,0 +1,395 @@
+//! Process isolation: real plugin libraries in real child processes (`grip plugin-host`), taken
+//! down in each way a native plugin can die, through the real loader and the real daemon.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use e2e::daemon::{Daemon, client, post, sse};
+use e2e::{ManifestSpec, artifacts, first_party_registry, scripted};
+use futures::StreamExt;
+use host::Plugin;
+use host::isolation::{Isolation, IsolationPolicy};
+use host::loader::LoaderOptions;
+use host::registry::Registry;
+use plugin_api::ErrorKind;
+use plugin_api::wire::{Message, PromptRequest, ToolInvocation, WIRE_VERSION};
+use serde_json::{Value, json};
+
+/// Loads one manifest into a registry of its own (so each test's plugin has its own child).
+fn load(spec: &ManifestSpec) -> Plugin {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let path = spec.write(&dir, "plugin.toml");
+    let mut r = Registry::new();
+    let id = r
+        .add_manifest(&path, &artifacts().options())
+        .unwrap_or_else(|e| panic!("{e}"));
+    r.get(&id).unwrap().clone()
+}
+
+fn crashy(process: &str) -> ManifestSpec {
+    ManifestSpec::named("crashy", "crashy")
+        .kind("tool", &["sync", "async"])
+        .isolated(process)
+}
+
+fn invocation(activity: &str, input: Value) -> ToolInvocation {
+    ToolInvocation {
+        schema_version: WIRE_VERSION,
+        activity: activity.into(),
+        input,
+        call_id: "t".into(),
+    }
+}
+
+fn echo(tool: &host::plugin::ToolHandle, text: &str) -> String {
+    tool.call(&invocation("echo", json!({ "text": text })))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .content
+}
+
+#[test]
+fn each_fault_fails_only_its_call_and_the_restarted_child_answers_the_next() {
+    // (activity, async?, what the error must say, its kind)
+    let faults = [
+        ("segfault", false, "SIGSEGV", ErrorKind::Internal),
+        ("abort", true, "SIGABRT", ErrorKind::Internal),
+        ("exit", false, "exited with code 7", ErrorKind::Internal),
+        (
+            "overflow",
+            false,
+            "overflowed its stack",
+            ErrorKind::Internal,
+        ),
+        ("alloc", false, "memory allocation", ErrorKind::Internal),
+        (
+            "hang",
+            false,
+            "ran past its deadline of 2 s",
+            ErrorKind::Timeout,
+        ),
+        (
+            "block_poll",
+            true,
+            "ran past its deadline of 2 s",
+            ErrorKind::Timeout,
+        ),
+    ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (activity, in_async, says, kind) in faults {
+        let plugin = load(&crashy("call_timeout_secs = 2\naddress_space_mb = 3072"));
+        assert_eq!(plugin.isolation(), Isolation::Process);
+        let first_pid = plugin.child_pid().expect("a running child");
+        let tool = plugin.new_tool(None).unwrap();
+        assert_eq!(echo(&tool, "before"), "before");
+
+        let inv = invocation(activity, json!({}));
+        let e = if in_async {
+            rt.block_on(tool.call_async(&inv)).unwrap_err()
+        } else {
+            tool.call(&inv).unwrap_err()
+        };
+        let text = e.to_string();
+        assert!(text.contains("plugin `crashy`"), "{activity}: {text}");
+        assert!(text.contains(says), "{activity}: {text}");
+        assert_eq!(e.kind, kind, "{activity}: {text}");
+
+        // The same handle works again: the child is restarted and the instance made anew.
+        assert_eq!(echo(&tool, "after"), "after", "{activity}");
+        let pid = plugin.child_pid().expect("a restarted child");
+        assert_ne!(pid, first_pid, "{activity}");
+        assert_eq!(plugin.child_restarts(), Some(1), "{activity}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_fails_the_calls_in_flight_on_that_plugin_and_no_other() {
+    let a = load(&crashy(""));
+    let b = load(&crashy(""));
+    let (ta, tb) = (a.new_tool(None).unwrap(), b.new_tool(None).unwrap());
+    let sleep = invocation("sleep", json!({"ms": 1500}));
+    let (ta2, tb2, s1, s2) = (ta.clone(), tb.clone(), sleep.clone(), sleep.clone());
+    let in_flight_a = tokio::spawn(async move { ta2.call_async(&s1).await });
+    let in_flight_b = tokio::spawn(async move { tb2.call_async(&s2).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let e = ta
+        .call_async(&invocation("segfault", json!({})))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("SIGSEGV"), "{e}");
+    let e = in_flight_a.await.unwrap().unwrap_err();
+    assert!(
+        e.to_string().contains("died with this call in flight"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("SIGSEGV"), "{e}");
+    assert_eq!(in_flight_b.await.unwrap().unwrap().content, "slept");
+    assert_eq!(b.child_restarts(), Some(0));
+}
+
+#[test]
+fn a_crash_loop_marks_the_plugin_failed_instead_of_restarting_it_forever() {
+    let plugin = load(&crashy(""));
+    let tool = plugin.new_tool(None).unwrap();
+    let segfault = invocation("segfault", json!({}));
+    for _ in 0..host::isolation::MAX_DEATHS {
+        let e = tool.call(&segfault).unwrap_err();
+        assert!(e.to_string().contains("SIGSEGV"), "{e}");
+    }
+    let e = tool
+        .call(&invocation("echo", json!({"text": "x"})))
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("is marked failed"), "{text}");
+    assert!(text.contains("died 5 times within 60 s"), "{text}");
+    assert!(text.contains("SIGSEGV"), "{text}");
+    assert_eq!(plugin.child_pid(), None);
+}
+
+#[test]
+fn a_plugin_that_prints_to_stdout_cannot_forge_protocol_messages() {
+    let plugin = load(&crashy(""));
+    let tool = plugin.new_tool(None).unwrap();
+    let out = tool.call(&invocation("print", json!({}))).unwrap();
+    assert_eq!(out.content, "printed");
+    assert_eq!(echo(&tool, "still fine"), "still fine");
+    assert_eq!(plugin.child_restarts(), Some(0));
+}
+
+#[test]
+fn a_panic_abort_build_is_accepted_in_its_own_process_and_refused_in_ours() {
+    let a = artifacts();
+    let spec = ManifestSpec::at("abort-plugin", &a.abort_plugin).kind("tool", &["sync"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = spec.write(dir.path(), "abort.toml");
+    let e = Registry::new()
+        .add_manifest(&path, &a.options())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("panic = \"abort\""), "{e}");
+    assert!(e.contains("isolation = \"process\""), "{e}");
+
+    let plugin = load(&spec.isolated(""));
+    let out = plugin
+        .new_tool(None)
+        .unwrap()
+        .call(&invocation("nothing", json!({})))
+        .unwrap();
+    assert!(!out.is_error);
+}
+
+#[test]
+fn a_library_the_loader_refuses_is_refused_by_the_child_with_the_same_reason() {
+    let spec = ManifestSpec::named("not-crashy", "crashy")
+        .kind("tool", &["sync", "async"])
+        .isolated("");
+    let dir = tempfile::tempdir().unwrap();
+    let path = spec.write(dir.path(), "m.toml");
+    let e = Registry::new()
+        .add_manifest(&path, &artifacts().options())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in its own process"), "{e}");
+    assert!(
+        e.contains("the library's id is `crashy` but the manifest says `not-crashy`"),
+        "{e}"
+    );
+}
+
+/// The first-party plugins, every one in a child of its own.
+fn isolated_first_party() -> Registry {
+    let a = artifacts();
+    let options = LoaderOptions {
+        isolation: IsolationPolicy {
+            force: Some(Isolation::Process),
+            ..Default::default()
+        },
+        ..a.options()
+    };
+    Registry::load_dirs(&[a.root.join("manifests")], &options)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_capability_gives_the_same_results_isolated_as_in_process() {
+    let (local, isolated) = (first_party_registry(), isolated_first_party());
+    assert!(isolated.refused().is_empty(), "{:?}", isolated.refused());
+    let request = PromptRequest::new(vec![Message::user("the same in both modes")]);
+    let mut answers = Vec::new();
+    for r in [&local, &isolated] {
+        let driver = r
+            .get("scripted")
+            .unwrap()
+            .new_driver(Some(&json!({"chunk_chars": 3})))
+            .unwrap();
+        let (d, rq) = (driver.clone(), request.clone());
+        let sync = tokio::task::spawn_blocking(move || d.prompt(&rq).unwrap())
+            .await
+            .unwrap();
+        let asynchronous = driver.prompt_async(&request).await.unwrap();
+        let deltas: Vec<Value> = driver
+            .stream(&request)
+            .unwrap()
+            .map(|d| serde_json::to_value(d.unwrap()).unwrap())
+            .collect()
+            .await;
+        let calc = r.get("calculator").unwrap().new_tool(None).unwrap();
+        let activity = calc.spec().activities[0].name.clone();
+        let inv = invocation(&activity, json!({"expression": "6 * 7"}));
+        let (c, inv2) = (calc.clone(), inv.clone());
+        let tool_sync = tokio::task::spawn_blocking(move || c.call(&inv2).unwrap())
+            .await
+            .unwrap();
+        let tool_async = calc.call_async(&inv).await.unwrap();
+        answers.push(json!({
+            "sync": serde_json::to_value(sync).unwrap(),
+            "async": serde_json::to_value(asynchronous).unwrap(),
+            "stream": deltas,
+            "spec": serde_json::to_value(calc.spec()).unwrap(),
+            "tool_sync": serde_json::to_value(tool_sync).unwrap(),
+            "tool_async": serde_json::to_value(tool_async).unwrap(),
+        }));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert!(answers[0]["stream"].as_array().unwrap().len() > 2);
+    assert!(
+        answers[0]["tool_sync"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("42")
+    );
+
+    // A listener: the same lines in the file, sync and async.
+    let mut files = Vec::new();
+    for r in [&local, &isolated] {
+        let path: PathBuf = tempfile::tempdir().unwrap().keep().join("events.jsonl");
+        let l = r
+            .get("jsonl")
+            .unwrap()
+            .new_listener(Some(&json!({"path": path})))
+            .unwrap();
+        let events = vec![plugin_api::wire::Event::new(
+            "task",
+            "run",
+            plugin_api::wire::EventKind::StartTask { input: "in".into() },
+        )];
+        let (l2, e2) = (l.clone(), events.clone());
+        tokio::task::spawn_blocking(move || {
+            l2.publish(&e2).unwrap();
+            l2.flush().unwrap();
+        })
+        .await
+        .unwrap();
+        l.publish_async(&events).await.unwrap();
+        l.flush_async().await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.remove("id");
+                o.remove("timestamp_ms");
+                v
+            })
+            .collect();
+        files.push(lines);
+    }
+    assert_eq!(files[0].len(), 2);
+    assert_eq!(files[0], files[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_an_async_call_cancels_it_in_the_child() {
+    let plugin = load(&crashy("call_timeout_secs = 1"));
+    let tool = plugin.new_tool(None).unwrap();
+    // Dropped long before its deadline: had it stayed in flight, the deadline would kill the
+    // child at 1 s and the next call would run on a restarted one.
+    let sleep = invocation("sleep", json!({"ms": 3000}));
+    let call = tool.call_async(&sleep);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), call)
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        tool.call_async(&invocation("echo", json!({"text": "alive"})))
+            .await
+            .unwrap()
+            .content,
+        "alive"
+    );
+    assert_eq!(plugin.child_restarts(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_daemon_a_crashing_tool_fails_its_call_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    scripted("scripted").write(&dir, "scripted.toml");
+    // Not isolated by its manifest: by the operator's config.
+    ManifestSpec::named("crashy", "crashy")
+        .kind("tool", &["sync", "async"])
+        .write(&dir, "crashy.toml");
+    let mut c = host::daemon::DaemonConfig::default();
+    c.plugins.manifest_dirs = vec![dir];
+    c.plugins.lib_dirs = vec![artifacts().lib_dir.clone()];
+    c.plugins
+        .isolation_by_id
+        .insert("crashy".into(), Isolation::Process);
+    c.server.bind = "127.0.0.1:0".parse().unwrap();
+    let d = Daemon::start(c);
+
+    let task = |activity: &str| {
+        let body = json!({"driver": "scripted", "input": "go", "tools": ["crashy"], "stream": true,
+            "config": {"script": [
+                {"tool_calls": [{"name": format!("Crashy_{activity}"), "arguments": {"text": "hi"}}]},
+                {"text": "done"}]}});
+        client().post(d.url("/v1/tasks")).json(&body).send()
+    };
+    let slow = post(
+        &d,
+        json!({"driver": "scripted", "input": "meanwhile", "config": {"delay_ms": 400}}),
+    );
+    let (crashed, other) = tokio::join!(async { sse(task("segfault").await.unwrap()).await }, slow);
+    let results: Vec<_> = crashed
+        .iter()
+        .filter(|e| e.0 == "FinishActionsSubtaskEvent")
+        .collect();
+    assert_eq!(results.len(), 1, "{crashed:?}");
+    let result = results[0].1.to_string();
+    assert!(result.contains("plugin `crashy`"), "{result}");
+    assert!(result.contains("SIGSEGV"), "{result}");
+    assert_eq!(crashed.last().unwrap().0, "FinishTaskEvent");
+    assert_eq!(other.0, 200, "{}", other.2);
+    assert_eq!(other.2["output"], "echo: meanwhile");
+
+    let health = client().get(d.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let next = sse(task("echo").await.unwrap()).await;
+    let result = next
+        .iter()
+        .find(|e| e.0 == "FinishActionsSubtaskEvent")
+        .map(|e| e.1.to_string())
+        .unwrap();
+    assert!(result.contains("\"hi\""), "{result}");
+    assert!(!result.contains("is_error\":true"), "{result}");
+
+    let plugins: Value = client()
+        .get(d.url("/v1/plugins"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "crashy")
+        .cloned()
+        .unwrap();
+    assert_eq!(row["isolation"], "process", "{row}");
+    assert!(row["pid"].as_u64().is_some(), "{row}");
+}
