@@ -6,7 +6,12 @@
 //! - `in_process_json`: the same, with the JSON round trip the boundary does (request and
 //!   response each encoded and decoded once): what the wire format costs by itself;
 //! - `plugin`: the real loaded library through the host's handle (JSON + FFI + panic guard +
-//!   plugin runtime entry).
+//!   plugin runtime entry);
+//! - `plugin_process`: the same library process-isolated: the same handle, the JSON over a pipe
+//!   to its child (`grip plugin-host`) and back.
+//!
+//! `child_start` is what a restart after a crash costs (less the back-off): start a child, load
+//! the library in it, and answer the first call.
 
 use std::hint::black_box;
 
@@ -50,6 +55,16 @@ fn bench(c: &mut Criterion) {
     let mut registry = Registry::new();
     registry.add_manifest(&path, &a.options()).unwrap();
     let driver = registry.get("bench").unwrap().new_driver(None).unwrap();
+    let isolated_manifest = ManifestSpec::named("bench", "bench_plugin")
+        .kind("prompt_driver", &["sync", "async", "stream"])
+        .kind("event_listener", &["sync", "async"])
+        .isolated("")
+        .write(dir.path(), "bench-isolated.toml");
+    let mut isolated = Registry::new();
+    isolated
+        .add_manifest(&isolated_manifest, &a.options())
+        .unwrap();
+    let child = isolated.get("bench").unwrap().new_driver(None).unwrap();
     let native: Box<dyn InProcess> = Box::new(Native);
     let request = PromptRequest::new(vec![Message::user("1")]);
 
@@ -62,6 +77,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("plugin", |b| {
         b.iter(|| black_box(driver.prompt(black_box(&request)).unwrap()))
+    });
+    g.bench_function("plugin_process", |b| {
+        b.iter(|| black_box(child.prompt(black_box(&request)).unwrap()))
     });
     g.finish();
 
@@ -82,6 +100,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             futures::executor::block_on(async {
                 black_box(driver.prompt_async(&request).await.unwrap())
+            })
+        })
+    });
+    g.bench_function("plugin_process", |b| {
+        b.iter(|| {
+            futures::executor::block_on(async {
+                black_box(child.prompt_async(&request).await.unwrap())
             })
         })
     });
@@ -128,6 +153,20 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             futures::executor::block_on(async {
                 let mut s = driver.stream(&stream_request).unwrap();
+                let mut n = 0;
+                while let Some(d) = s.next().await {
+                    black_box(d.unwrap());
+                    n += 1;
+                }
+                assert_eq!(n, ITEMS);
+                n
+            })
+        })
+    });
+    g.bench_function("plugin_process", |b| {
+        b.iter(|| {
+            futures::executor::block_on(async {
+                let mut s = child.stream(&stream_request).unwrap();
                 let mut n = 0;
                 while let Some(d) = s.next().await {
                     black_box(d.unwrap());
@@ -243,11 +282,33 @@ fn fan_out(c: &mut Criterion) {
     g.finish();
 }
 
+fn child_start(c: &mut Criterion) {
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = ManifestSpec::named("bench", "bench_plugin")
+        .kind("prompt_driver", &["sync", "async", "stream"])
+        .kind("event_listener", &["sync", "async"])
+        .isolated("")
+        .write(dir.path(), "bench-isolated.toml");
+    let request = PromptRequest::new(vec![Message::user("1")]);
+    let mut g = c.benchmark_group("child_start");
+    g.sample_size(20);
+    g.bench_function("start_load_first_call", |b| {
+        b.iter(|| {
+            let mut r = Registry::new();
+            r.add_manifest(&manifest, &a.options()).unwrap();
+            let d = r.get("bench").unwrap().new_driver(None).unwrap();
+            black_box(d.prompt(&request).unwrap())
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = bench, wire, fan_out
+    targets = bench, child_start, wire, fan_out
 }
 criterion_main!(benches);

@@ -43,14 +43,16 @@ impl Stats {
 
 type Job = Arc<dyn Fn(usize) -> BoxFuture<'static, ()> + Send + Sync>;
 
-async fn measure(name: &str, n: usize, c: usize, cpu_pid: Option<u32>, job: Job) -> Stats {
+/// `cpu_pids`: the processes whose CPU and RSS count (`None`: this one).
+async fn measure(name: &str, n: usize, c: usize, cpu_pids: &[Option<u32>], job: Job) -> Stats {
+    let cpu = || cpu_pids.iter().map(|p| cpu_time(*p)).sum::<Duration>();
     let warm = c.min(n).min(200);
     futures::stream::iter(0..warm)
         .map(|i| job(i))
         .buffer_unordered(c)
         .collect::<Vec<_>>()
         .await;
-    let (t0, c0) = (Instant::now(), cpu_time(cpu_pid));
+    let (t0, c0) = (Instant::now(), cpu());
     let mut lat: Vec<Duration> = futures::stream::iter(0..n)
         .map(|i| {
             let job = Arc::clone(&job);
@@ -68,9 +70,9 @@ async fn measure(name: &str, n: usize, c: usize, cpu_pid: Option<u32>, job: Job)
         name: name.to_owned(),
         n,
         wall: t0.elapsed(),
-        cpu: cpu_time(cpu_pid) - c0,
+        cpu: cpu() - c0,
         lat,
-        rss: status_mib(cpu_pid, "VmRSS:"),
+        rss: cpu_pids.iter().map(|p| status_mib(*p, "VmRSS:")).sum(),
     }
 }
 
@@ -134,6 +136,13 @@ fn main() {
 
     let (mut daemon, daemon_url) = start_daemon(dir.path(), "");
     let daemon_pid = daemon.id();
+    // The same daemon with the OpenAI plugin in a child process of its own.
+    let (mut isolated, isolated_url) = e2e::procs::start_daemon_with(
+        dir.path(),
+        "",
+        "[plugins.isolation_by_id]\nopenai = \"process\"\n",
+    );
+    let isolated_pid = isolated.id();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -165,7 +174,7 @@ fn main() {
     let plain_body = json!({"model": "m", "messages": [{"role": "user", "content": "hello"}]});
 
     rt.block_on(async {
-        let baseline = measure("baseline: bare reqwest", n, c, None, bare(client.clone(), chat_url.clone(), plain_body.clone())).await;
+        let baseline = measure("baseline: bare reqwest", n, c, &[None], bare(client.clone(), chat_url.clone(), plain_body.clone())).await;
         let two_body = json!({"model": "m", "messages": [{"role": "user", "content": "calc: 6*7"}]});
         let tool_result_body = json!({"model": "m", "messages": [
             {"role": "user", "content": "calc: 6*7"},
@@ -182,7 +191,7 @@ fn main() {
                     }
                 })
             });
-            measure("baseline: two bare requests", n, c, None, job).await
+            measure("baseline: two bare requests", n, c, &[None], job).await
         };
 
         let task_job = |driver: Driver, tools: Vec<ToolHandle>, input: &'static str, stream: bool, listeners: usize, want: &'static str| -> Job {
@@ -203,7 +212,7 @@ fn main() {
                 })
             })
         };
-        let async_run = measure("PromptTask async_run()", n, c, None, task_job(driver.clone(), vec![], "hello", false, 0, "echo: hello")).await;
+        let async_run = measure("PromptTask async_run()", n, c, &[None], task_job(driver.clone(), vec![], "hello", false, 0, "echo: hello")).await;
         let sync_run = {
             let driver = driver.clone();
             let job: Job = Arc::new(move |_| {
@@ -218,13 +227,13 @@ fn main() {
                     assert_eq!(out.text, "echo: hello");
                 })
             });
-            measure("PromptTask run() on blocking threads", n, c, None, job).await
+            measure("PromptTask run() on blocking threads", n, c, &[None], job).await
         };
-        let tool = measure("async_run() + Calculator round trip", n, c, None, task_job(driver.clone(), vec![calc.clone()], "calc: 6*7", false, 0, "the result is 42")).await;
-        let streamed = measure("async_run() streamed, 3 async listeners", n, c, None, task_job(driver.clone(), vec![], "hello", true, 3, "echo: hello")).await;
-        let via_daemon = {
-            let (client, url) = (client.clone(), format!("{daemon_url}/v1/tasks"));
-            let job: Job = Arc::new(move |_| {
+        let tool = measure("async_run() + Calculator round trip", n, c, &[None], task_job(driver.clone(), vec![calc.clone()], "calc: 6*7", false, 0, "the result is 42")).await;
+        let streamed = measure("async_run() streamed, 3 async listeners", n, c, &[None], task_job(driver.clone(), vec![], "hello", true, 3, "echo: hello")).await;
+        let daemon_job = |base: &str| -> Job {
+            let (client, url) = (client.clone(), format!("{base}/v1/tasks"));
+            Arc::new(move |_| {
                 let (client, url) = (client.clone(), url.clone());
                 Box::pin(async move {
                     let v: Value = client
@@ -238,9 +247,25 @@ fn main() {
                         .unwrap();
                     assert_eq!(v["output"], "echo: hello");
                 })
-            });
-            measure("daemon over HTTP (CPU: daemon process)", n, c, Some(daemon_pid), job).await
+            })
         };
+        let via_daemon = measure("daemon over HTTP (CPU: daemon process)", n, c, &[Some(daemon_pid)], daemon_job(&daemon_url)).await;
+        let plugins: Value = client.get(format!("{isolated_url}/v1/plugins")).send().await.unwrap().json().await.unwrap();
+        let child_pid = plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == "openai")
+            .and_then(|p| p["pid"].as_u64())
+            .expect("the isolated OpenAI plugin's child pid") as u32;
+        let via_isolated = measure(
+            "daemon, OpenAI plugin process-isolated (CPU: daemon + its child)",
+            n,
+            c,
+            &[Some(isolated_pid), Some(child_pid)],
+            daemon_job(&isolated_url),
+        )
+        .await;
 
         println!("\n{n} tasks at concurrency {c}; upstream answers at once, in its own process:\n");
         let rows = vec![
@@ -249,6 +274,7 @@ fn main() {
             (tool, &baseline2),
             (streamed, &baseline),
             (via_daemon, &baseline),
+            (via_isolated, &baseline),
         ];
         let mut all: Vec<(Stats, &Stats)> = vec![(baseline.clone(), &baseline), (baseline2.clone(), &baseline2)];
         all.extend(rows);
@@ -273,7 +299,7 @@ fn main() {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             });
-            let s = measure("sweep", tasks, inflight, None, task_job(slow_driver.clone(), vec![], "hello", false, 0, "echo: hello")).await;
+            let s = measure("sweep", tasks, inflight, &[None], task_job(slow_driver.clone(), vec![], "hello", false, 0, "echo: hello")).await;
             sampler_stop.store(true, std::sync::atomic::Ordering::Relaxed);
             sampler.join().unwrap();
             let peak = *peak.lock().unwrap();
@@ -294,6 +320,8 @@ fn main() {
         libc::kill(daemon_pid as i32, libc::SIGTERM)
     };
     let _ = daemon.wait();
+    e2e::procs::sigterm(&isolated);
+    let _ = isolated.wait();
     for m in [&mut fast, &mut slow] {
         drop(m.stdin.take());
         let _ = m.wait();

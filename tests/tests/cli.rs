@@ -275,3 +275,48 @@ fn a_failed_run_prints_its_error_once_and_logs_are_plain_text_with_the_task_id()
         "{run_lines:?}"
     );
 }
+
+#[test]
+fn isolation_process_runs_every_plugin_in_a_child_whose_logs_reach_the_host() {
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    e2e::panicky().write(dir.path(), "panicky.toml");
+    let manifests = dir.path().to_str().unwrap();
+    let out = grip(&[
+        "plugins",
+        "list",
+        "--isolation",
+        "process",
+        "--manifests",
+        manifests,
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ISOLATION"), "{text}");
+    assert!(text.contains("process pid "), "{text}");
+
+    let out = Command::new(a.grip())
+        .args(["run", "--isolation", "process", "--manifests", manifests])
+        .args(["--driver", "panicky", "--path", "sync", "hello"])
+        .current_dir(&a.root)
+        .env("GRIP_LIB_PATH", &a.lib_dir)
+        .env("GRIP_LOG", "info")
+        .output()
+        .expect("run grip");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}{err}", stdout(&out));
+    assert_eq!(stdout(&out).trim(), "calm");
+    let logged: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("panicky got a sync prompt"))
+        .collect();
+    assert_eq!(logged.len(), 1, "{err}");
+    assert!(
+        logged[0].contains("plugin") && logged[0].contains("panicky"),
+        "{err}"
+    );
+    assert!(
+        !logged[0].contains("{\""),
+        "re-emitted, not the child's JSON: {err}"
+    );
+}

@@ -393,3 +393,36 @@ async fn through_the_daemon_a_crashing_tool_fails_its_call_and_nothing_else() {
     assert_eq!(row["isolation"], "process", "{row}");
     assert!(row["pid"].as_u64().is_some(), "{row}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_a_sync_call_that_outlives_its_task_is_counted_until_it_returns() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    ManifestSpec::named("mock-sync", "mock_sync_driver")
+        .kind("prompt_driver", &["sync"])
+        .overridable(&["script"])
+        .write(&dir, "mock-sync.toml");
+    ManifestSpec::named("crashy", "crashy")
+        .kind("tool", &["sync", "async"])
+        .write(&dir, "crashy.toml");
+    let mut c = host::daemon::DaemonConfig::default();
+    c.plugins.manifest_dirs = vec![dir];
+    c.plugins.lib_dirs = vec![artifacts().lib_dir.clone()];
+    c.server.bind = "127.0.0.1:0".parse().unwrap();
+    c.server.task_timeout_ms = 300;
+    let d = Daemon::start(c);
+    let (status, headers, v) = post(
+        &d,
+        json!({"driver": "mock-sync", "input": "go", "tools": ["crashy"],
+            "config": {"script": [
+                {"tool_calls": [{"name": "Crashy_sleep", "arguments": {"ms": 1500}}]},
+                {"text": "done"}]}}),
+    )
+    .await;
+    assert_eq!(headers["x-grip-path"], "sync");
+    assert_eq!(status, 504, "{v}");
+    let m = e2e::daemon::metrics_containing(&d, "grip_sync_threads_stuck 1").await;
+    assert!(m.contains("grip_sync_threads_stuck 1"), "{m}");
+    // The call returns at 1.5 s: its slot is free again.
+    let m = e2e::daemon::metrics_containing(&d, "grip_sync_threads_stuck 0").await;
+    assert!(m.contains("grip_sync_threads_stuck 0"), "{m}");
+}

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub plugin_errors: Family<PluginLabel, Counter>,
     /// Driver streams cut mid-way and sent again (`PromptRetryEvent`s).
     pub prompt_retries: Counter,
+    /// Sync-path threads still inside a plugin call after their task ended (timed out,
+    /// cancelled): each holds one of `server.blocking_threads` until the call returns.
+    pub sync_threads_stuck: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -65,6 +68,7 @@ impl Default for Metrics {
         let events = Counter::default();
         let plugin_errors = Family::<PluginLabel, Counter>::default();
         let prompt_retries = Counter::default();
+        let sync_threads_stuck = Gauge::default();
         registry.register("tasks", "Tasks by outcome", tasks.clone());
         registry.register(
             "task_duration_seconds",
@@ -92,6 +96,11 @@ impl Default for Metrics {
             "Driver streams cut mid-way and sent again",
             prompt_retries.clone(),
         );
+        registry.register(
+            "sync_threads_stuck",
+            "Sync-path threads still inside a plugin call after their task ended",
+            sync_threads_stuck.clone(),
+        );
         Self {
             registry,
             tasks,
@@ -101,6 +110,7 @@ impl Default for Metrics {
             events,
             plugin_errors,
             prompt_retries,
+            sync_threads_stuck,
         }
     }
 }

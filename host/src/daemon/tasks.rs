@@ -414,15 +414,19 @@ async fn run_to_end(
     let tracker = Tracker::new(Arc::clone(&state));
     let started = Instant::now();
     tracing::info!("task started");
+    let thread = Arc::new(SyncThread::default());
     let work = async {
         if use_async {
             task.async_run().await
         } else {
             let blocking = Arc::clone(&state.blocking_permits).acquire_owned().await;
-            let task = task.clone();
+            let (task, thread, st) = (task.clone(), Arc::clone(&thread), Arc::clone(&state));
             tokio::task::spawn_blocking(move || {
                 let _blocking = blocking;
-                task.run()
+                thread.started();
+                let r = task.run();
+                thread.returned(&st);
+                r
             })
             .await
             .unwrap_or_else(|join| {
@@ -448,13 +452,56 @@ async fn run_to_end(
     let ended = match outcome {
         Ok(r) => Ended::Done(r),
         Err(reason) => {
-            // The work future is dropped by now: nothing else publishes for this run.
+            // The work future is dropped by now: nothing else publishes for this run. Its sync
+            // thread, if any, may still be inside a plugin call that nothing can interrupt.
+            thread.abandoned(&state);
             stopper.stop(reason).await;
             Ended::Stopped(reason)
         }
     };
     tracker.finish(&ended, started);
     ended
+}
+
+/// Whether a task's sync-path thread is running, has returned, or was left behind by its task
+/// (timed out, cancelled) while still inside a plugin call: that thread keeps its blocking slot
+/// until the call returns, and `grip_sync_threads_stuck` counts it meanwhile. Only process
+/// isolation (`isolation = "process"`) can end such a call.
+#[derive(Default)]
+struct SyncThread(std::sync::atomic::AtomicU8);
+
+impl SyncThread {
+    const RUNNING: u8 = 1;
+    const RETURNED: u8 = 2;
+    const ABANDONED: u8 = 3;
+
+    fn started(&self) {
+        self.0
+            .store(Self::RUNNING, std::sync::atomic::Ordering::Release);
+    }
+
+    fn returned(&self, state: &AppState) {
+        use std::sync::atomic::Ordering::AcqRel;
+        if self.0.swap(Self::RETURNED, AcqRel) == Self::ABANDONED {
+            state.metrics.sync_threads_stuck.dec();
+            tracing::info!("a sync-path thread left behind by its task returned; its slot is free");
+        }
+    }
+
+    fn abandoned(&self, state: &AppState) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let was = self
+            .0
+            .compare_exchange(Self::RUNNING, Self::ABANDONED, AcqRel, Acquire);
+        if was.is_ok() {
+            let stuck = state.metrics.sync_threads_stuck.inc() + 1;
+            tracing::warn!(
+                stuck,
+                of = state.config.server.blocking_threads,
+                "the task ended with its sync-path thread still inside a plugin call; the thread keeps its slot until the call returns"
+            );
+        }
+    }
 }
 
 /// Keeps the in-flight gauge right and records each task's outcome (a run dropped before it

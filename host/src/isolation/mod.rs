@@ -23,6 +23,7 @@
 
 mod child;
 pub(crate) mod protocol;
+mod spawn;
 pub(crate) mod supervisor;
 
 use std::collections::BTreeMap;

@@ -8,19 +8,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
 use plugin_api::ErrorKind;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 use super::ProcessSettings;
 use super::protocol::{FromChild, Info, Method, ToChild, line};
+use super::spawn::start_child;
 use crate::error::CallError;
 use crate::manifest::Kind;
 use crate::plugin::Raw;
@@ -29,13 +28,9 @@ use crate::plugin::Raw;
 pub const MAX_DEATHS: usize = 5;
 /// See [`MAX_DEATHS`].
 pub const DEATH_WINDOW: Duration = Duration::from_secs(60);
-/// How long a child may take to load its library and answer `Ready`.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
-/// How many of a child's last stderr lines an error about its death quotes.
-const STDERR_TAIL: usize = 8;
 
 /// The runtime that serves every child's pipes; `Err` when it could not be started.
-fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+pub(super) fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
     static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -49,7 +44,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
     .map_err(Clone::clone)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -104,9 +99,10 @@ impl Supervisor {
         Ok((sup, info))
     }
 
-    /// The running child's pid (`None` once it died and before it is restarted).
+    /// The running child's pid (`None` once it died, and while it is being restarted).
     pub fn pid(&self) -> Option<u32> {
-        let st = lock(&self.state);
+        // Not `lock`: a restart holds the state for as long as the library takes to load.
+        let st = self.state.try_lock().ok()?;
         st.child.death.get().is_none().then_some(st.child.pid)
     }
 
@@ -116,9 +112,12 @@ impl Supervisor {
     }
 
     /// Whether a call would have to restart the child first (and so block).
+    /// A restart in progress (the state is held) counts: waiting for it blocks.
     fn needs_restart(&self) -> bool {
-        let st = lock(&self.state);
-        st.failed.is_none() && st.child.death.get().is_some()
+        match self.state.try_lock() {
+            Ok(st) => st.failed.is_none() && st.child.death.get().is_some(),
+            Err(_) => true,
+        }
     }
 
     /// The live child, restarting a dead one (blocking: back-off and the library's load).
@@ -197,25 +196,26 @@ impl Supervisor {
 
 /// One running child and the calls in flight on it.
 pub(crate) struct Conn {
-    plugin: String,
-    generation: u64,
-    pid: u32,
-    deadline: Duration,
-    tx: mpsc::UnboundedSender<String>,
-    next_call: AtomicU64,
-    pending: Mutex<HashMap<u64, (&'static str, Waiter)>>,
+    pub(super) plugin: String,
+    pub(super) generation: u64,
+    pub(super) pid: u32,
+    pub(super) deadline: Duration,
+    pub(super) tx: mpsc::UnboundedSender<String>,
+    pub(super) next_call: AtomicU64,
+    /// Calls in flight: the operation, who waits, and since when.
+    pub(super) pending: Mutex<HashMap<u64, (&'static str, Waiter, Instant)>>,
     /// Why it died, once it has (set under the `pending` lock, so no call slips in after).
-    death: OnceLock<String>,
+    pub(super) death: OnceLock<String>,
     /// Why the host killed it, and which call ran past its deadline.
-    killed: Mutex<Option<(u64, String)>>,
+    pub(super) killed: Mutex<Option<(u64, String)>>,
 }
 
-enum Waiter {
+pub(super) enum Waiter {
     Once(oneshot::Sender<Result<Answer, CallError>>),
     Stream(mpsc::UnboundedSender<Result<String, CallError>>),
 }
 
-enum Answer {
+pub(super) enum Answer {
     Created { instance: u64, spec: Option<String> },
     Body(String),
 }
@@ -254,37 +254,17 @@ impl Conn {
             if let Some(cause) = self.death.get() {
                 return Err(self.dead_error(op, None, cause));
             }
-            pending.insert(call, (op, waiter));
+            pending.insert(call, (op, waiter, Instant::now()));
         }
         let _ = self.tx.send(line(&make(call)));
-        self.watch(call, op);
         Ok(CallGuard {
             conn: Arc::clone(self),
             call,
         })
     }
 
-    /// Kills the child if `call` is still in flight at the deadline.
-    fn watch(self: &Arc<Self>, call: u64, op: &'static str) {
-        let conn: Weak<Conn> = Arc::downgrade(self);
-        let deadline = self.deadline;
-        let Ok(rt) = runtime() else { return };
-        rt.spawn(async move {
-            tokio::time::sleep(deadline).await;
-            let Some(conn) = conn.upgrade() else { return };
-            if lock(&conn.pending).contains_key(&call) {
-                let why = format!(
-                    "killed by the host: `{op}` ran past its deadline of {} s",
-                    deadline.as_secs()
-                );
-                tracing::warn!(plugin = %conn.plugin, pid = conn.pid, "{why}");
-                conn.kill(call, why);
-            }
-        });
-    }
-
     #[allow(unsafe_code)] // kill(2) by pid: the child's handle is owned by its reader task.
-    fn kill(&self, call: u64, why: String) {
+    pub(super) fn kill(&self, call: u64, why: String) {
         lock(&self.killed).get_or_insert((call, why));
         // SAFETY: plain kill(2); the pid is not reused before the reader task reaps the child.
         unsafe {
@@ -293,13 +273,13 @@ impl Conn {
     }
 
     /// Fails every call in flight: the child is gone.
-    fn die(&self, cause: String) {
-        let drained: Vec<(u64, (&'static str, Waiter))> = {
+    pub(super) fn die(&self, cause: String) {
+        let drained: Vec<(u64, (&'static str, Waiter, Instant))> = {
             let mut pending = lock(&self.pending);
             let _ = self.death.set(cause.clone());
             pending.drain().collect()
         };
-        for (call, (op, waiter)) in drained {
+        for (call, (op, waiter, _)) in drained {
             let e = self.dead_error(op, Some(call), &cause);
             match waiter {
                 Waiter::Once(tx) => drop(tx.send(Err(e))),
@@ -309,7 +289,7 @@ impl Conn {
     }
 
     /// Routes one message from the child to whoever waits for it.
-    fn deliver(&self, message: FromChild) {
+    pub(super) fn deliver(&self, message: FromChild) {
         let (call, answer) = match message {
             FromChild::Created {
                 call,
@@ -317,7 +297,7 @@ impl Conn {
                 spec,
             } => (call, Ok(Answer::Created { instance, spec })),
             FromChild::Done { call, result } => {
-                let op = lock(&self.pending).get(&call).map(|(op, _)| *op);
+                let op = lock(&self.pending).get(&call).map(|(op, _, _)| *op);
                 let op = op.unwrap_or("call");
                 (
                     call,
@@ -328,7 +308,7 @@ impl Conn {
             }
             FromChild::Item { call, item } => {
                 let pending = lock(&self.pending);
-                if let Some((op, Waiter::Stream(tx))) = pending.get(&call) {
+                if let Some((op, Waiter::Stream(tx), _)) = pending.get(&call) {
                     let _ = tx.send(item.map_err(|e| e.into_call_error(&self.plugin, op)));
                 }
                 return;
@@ -341,11 +321,11 @@ impl Conn {
         };
         let mut pending = lock(&self.pending);
         match pending.remove(&call) {
-            Some((_, Waiter::Once(tx))) => drop(tx.send(answer)),
+            Some((_, Waiter::Once(tx), _)) => drop(tx.send(answer)),
             // A stream that failed to open ends with its error; one that opened stays pending.
-            Some((op, Waiter::Stream(tx))) => match answer {
+            Some((op, Waiter::Stream(tx), since)) => match answer {
                 Err(e) => drop(tx.send(Err(e))),
-                Ok(_) => drop(pending.insert(call, (op, Waiter::Stream(tx)))),
+                Ok(_) => drop(pending.insert(call, (op, Waiter::Stream(tx), since))),
             },
             None => {}
         }
@@ -515,230 +495,5 @@ impl Stream for RemoteStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx)
-    }
-}
-
-/// Starts a child and waits for `Ready`.
-#[allow(unsafe_code)] // pre_exec, to limit the child before it runs any plugin code.
-fn start_child(id: &str, launch: &Launch, generation: u64) -> Result<(Arc<Conn>, Info), String> {
-    let rt = runtime()?;
-    let _enter = rt.enter();
-    let mut cmd = tokio::process::Command::new(&launch.program);
-    cmd.arg("plugin-host")
-        .arg(&launch.manifest)
-        .arg("--library")
-        .arg(&launch.library)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let settings = launch.settings.clone();
-    // SAFETY: only async-signal-safe calls (prctl, setrlimit) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || limit_child(&settings));
-    }
-    let mut child = cmd.spawn().map_err(|e| {
-        format!(
-            "cannot start its process (`{} plugin-host`): {e}",
-            launch.program.display()
-        )
-    })?;
-    let pid = child.id().unwrap_or(0);
-    let (Some(stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return Err("its process has no pipes".into());
-    };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let conn = Arc::new(Conn {
-        plugin: id.to_owned(),
-        generation,
-        pid,
-        deadline: launch.settings.call_timeout(),
-        tx,
-        next_call: AtomicU64::new(1),
-        pending: Mutex::new(HashMap::new()),
-        death: OnceLock::new(),
-        killed: Mutex::new(None),
-    });
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    rt.spawn(write_lines(stdin, rx));
-    let stderr_done = rt.spawn(relay_stderr(id.to_owned(), stderr, Arc::clone(&tail)));
-    rt.spawn(read_answers(
-        Arc::clone(&conn),
-        stdout,
-        ready_tx,
-        child,
-        tail,
-        stderr_done,
-    ));
-    match ready_rx.recv_timeout(LOAD_TIMEOUT) {
-        Ok(Ok(info)) => Ok((conn, info)),
-        Ok(Err(why)) => Err(why),
-        Err(_) => {
-            conn.kill(0, "it did not load its library in time".into());
-            Err(format!(
-                "its process did not load the library within {} s",
-                LOAD_TIMEOUT.as_secs()
-            ))
-        }
-    }
-}
-
-/// In the forked child before exec: die with the host, and apply the manifest's limits.
-#[allow(unsafe_code)] // prctl and setrlimit have no safe wrappers in std.
-fn limit_child(settings: &ProcessSettings) -> std::io::Result<()> {
-    // SAFETY: prctl and setrlimit are async-signal-safe and touch only this process.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        let limits = [
-            (libc::RLIMIT_AS, settings.address_space_mb.map(|m| m << 20)),
-            (libc::RLIMIT_CPU, settings.cpu_secs),
-            (libc::RLIMIT_NOFILE, settings.open_files),
-        ];
-        for (resource, value) in limits {
-            if let Some(v) = value {
-                let rl = libc::rlimit {
-                    rlim_cur: v as libc::rlim_t,
-                    rlim_max: v as libc::rlim_t,
-                };
-                if libc::setrlimit(resource, &rl) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn write_lines(
-    mut stdin: tokio::process::ChildStdin,
-    mut rx: mpsc::UnboundedReceiver<String>,
-) {
-    while let Some(l) = rx.recv().await {
-        if stdin.write_all(l.as_bytes()).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// The child's stderr: its JSON log lines re-emitted as the host's (with the plugin id), any
-/// other line logged as is; the last few kept for the report of its death.
-async fn relay_stderr(
-    plugin: String,
-    stderr: tokio::process::ChildStderr,
-    tail: Arc<Mutex<VecDeque<String>>>,
-) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(l)) = lines.next_line().await {
-        let text = match serde_json::from_str::<serde_json::Value>(&l) {
-            Ok(v) => {
-                let message = v["fields"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                let target = v["fields"]["plugin_target"].as_str().unwrap_or_default();
-                match v["level"].as_str().unwrap_or_default() {
-                    "ERROR" => {
-                        tracing::error!(target: "plugin", plugin = %plugin, plugin_target = target, "{message}")
-                    }
-                    "WARN" => {
-                        tracing::warn!(target: "plugin", plugin = %plugin, plugin_target = target, "{message}")
-                    }
-                    "INFO" => {
-                        tracing::info!(target: "plugin", plugin = %plugin, plugin_target = target, "{message}")
-                    }
-                    "DEBUG" => {
-                        tracing::debug!(target: "plugin", plugin = %plugin, plugin_target = target, "{message}")
-                    }
-                    _ => {
-                        tracing::trace!(target: "plugin", plugin = %plugin, plugin_target = target, "{message}")
-                    }
-                }
-                message
-            }
-            Err(_) => {
-                tracing::warn!(target: "plugin", plugin = %plugin, "stderr: {l}");
-                l
-            }
-        };
-        let mut t = lock(&tail);
-        if t.len() == STDERR_TAIL {
-            t.pop_front();
-        }
-        t.push_back(text);
-    }
-}
-
-async fn read_answers(
-    conn: Arc<Conn>,
-    stdout: tokio::process::ChildStdout,
-    ready: std::sync::mpsc::Sender<Result<Info, String>>,
-    mut child: tokio::process::Child,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    stderr_done: tokio::task::JoinHandle<()>,
-) {
-    let mut lines = BufReader::new(stdout).lines();
-    let mut refused = None;
-    while let Ok(Some(l)) = lines.next_line().await {
-        match serde_json::from_str::<FromChild>(&l) {
-            Ok(FromChild::Ready { info }) => drop(ready.send(Ok(info))),
-            Ok(FromChild::Refused { message }) => refused = Some(message),
-            Ok(m) => conn.deliver(m),
-            Err(e) => {
-                conn.kill(0, format!("it broke the protocol ({e}): {l:.120}"));
-                break;
-            }
-        }
-    }
-    let status = child.wait().await;
-    // The last stderr lines are in once its pipe closed too.
-    let _ = tokio::time::timeout(Duration::from_secs(1), stderr_done).await;
-    let mut cause = match (&*lock(&conn.killed), status) {
-        (Some((_, why)), _) => why.clone(),
-        (None, Ok(s)) => describe_exit(s),
-        (None, Err(e)) => format!("its exit status is unknown ({e})"),
-    };
-    let t = lock(&tail);
-    if !t.is_empty() {
-        let last: Vec<&str> = t.iter().map(String::as_str).collect();
-        cause.push_str(&format!("; its last stderr lines: {}", last.join(" | ")));
-    }
-    drop(t);
-    if let Some(r) = refused {
-        let _ = ready.send(Err(r));
-    } else {
-        let _ = ready.send(Err(format!(
-            "its process ended before it was ready: {cause}"
-        )));
-    }
-    if conn.generation > 0 || conn.next_call.load(Ordering::Relaxed) > 1 {
-        tracing::warn!(plugin = %conn.plugin, pid = conn.pid, "plugin process died: {cause}");
-    }
-    conn.die(cause);
-}
-
-/// "killed by signal 11 (SIGSEGV)", "exited with code 3".
-fn describe_exit(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(sig) = status.signal() {
-        let name = match sig {
-            libc::SIGSEGV => "SIGSEGV, a segmentation fault",
-            libc::SIGABRT => "SIGABRT, an abort",
-            libc::SIGKILL => "SIGKILL",
-            libc::SIGBUS => "SIGBUS",
-            libc::SIGILL => "SIGILL",
-            libc::SIGFPE => "SIGFPE",
-            libc::SIGXCPU => "SIGXCPU, its CPU-time limit",
-            libc::SIGTERM => "SIGTERM",
-            _ => "a signal",
-        };
-        format!("killed by signal {sig} ({name})")
-    } else {
-        match status.code() {
-            Some(c) => format!("exited with code {c}"),
-            None => "ended".into(),
-        }
     }
 }

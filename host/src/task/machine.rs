@@ -6,6 +6,8 @@
 //! any two steps and resumed elsewhere: [`Machine::pending`] says what a resumed machine waits
 //! for. What it waits for is explicit ([`Awaiting`]); feeding it anything else ends the run with
 //! [`TaskError::Internal`] instead of corrupting it.
+//!
+//! (Over 600 lines because its unit tests, a third of it, sit next to the decisions they test.)
 
 use std::sync::{Arc, OnceLock};
 
