@@ -47,6 +47,9 @@ pub struct LoaderOptions {
     pub isolation: IsolationPolicy,
     /// The `grip` binary that runs process-isolated plugins (default: see [`plugin_host_program`]).
     pub plugin_host: Option<PathBuf>,
+    /// The deadline of one call to a process-isolated plugin whose manifest sets none (the
+    /// daemon passes its task timeout).
+    pub call_timeout: Option<std::time::Duration>,
 }
 
 impl LoaderOptions {
@@ -357,6 +360,7 @@ fn start_isolated(
         manifest: manifest.path.clone(),
         library: library.clone(),
         settings: manifest.process.clone(),
+        deadline: manifest.process.call_timeout(options.call_timeout),
     };
     let (sup, info) =
         Supervisor::start(&manifest.id, launch).map_err(|reason| LoadError::Refused {

@@ -45,8 +45,23 @@ impl Artifacts {
             lib_dirs: vec![self.lib_dir.clone()],
             require_hash: false,
             plugin_host: Some(self.grip()),
+            isolation: host::isolation::IsolationPolicy {
+                force: isolation_from_env(),
+                ..Default::default()
+            },
             ..Default::default()
         }
+    }
+}
+
+/// `GRIP_TEST_ISOLATION=process` runs every plugin the tests load in a child of its own, so a
+/// test file can be run again in process mode (`.ci/run` does so for the task, tool and
+/// listener tests).
+fn isolation_from_env() -> Option<host::isolation::Isolation> {
+    match std::env::var("GRIP_TEST_ISOLATION").ok()?.as_str() {
+        "process" => Some(host::isolation::Isolation::Process),
+        "in_process" | "" => None,
+        other => panic!("GRIP_TEST_ISOLATION={other:?}: expected `process` or `in_process`"),
     }
 }
 

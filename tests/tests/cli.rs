@@ -297,7 +297,8 @@ fn isolation_process_runs_every_plugin_in_a_child_whose_logs_reach_the_host() {
 
     let out = Command::new(a.grip())
         .args(["run", "--isolation", "process", "--manifests", manifests])
-        .args(["--driver", "panicky", "--path", "sync", "hello"])
+        .args(["--driver", "panicky", "--path", "sync", "--no-stream"])
+        .args(["--config", r#"{"on_word": true}"#, "hello"])
         .current_dir(&a.root)
         .env("GRIP_LIB_PATH", &a.lib_dir)
         .env("GRIP_LOG", "info")

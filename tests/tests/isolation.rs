@@ -64,13 +64,13 @@ fn each_fault_fails_only_its_call_and_the_restarted_child_answers_the_next() {
         (
             "hang",
             false,
-            "ran past its deadline of 2 s",
+            "ran past its deadline of 2s",
             ErrorKind::Timeout,
         ),
         (
             "block_poll",
             true,
-            "ran past its deadline of 2 s",
+            "ran past its deadline of 2s",
             ErrorKind::Timeout,
         ),
     ];
@@ -425,4 +425,15 @@ async fn in_process_a_sync_call_that_outlives_its_task_is_counted_until_it_retur
     // The call returns at 1.5 s: its slot is free again.
     let m = e2e::daemon::metrics_containing(&d, "grip_sync_threads_stuck 0").await;
     assert!(m.contains("grip_sync_threads_stuck 0"), "{m}");
+}
+
+#[test]
+fn a_child_outlives_the_thread_that_started_it() {
+    // PR_SET_PDEATHSIG follows the forking thread: a child forked by a short-lived thread (a
+    // blocking-pool thread restarting it) must not die with that thread.
+    let plugin = std::thread::spawn(|| load(&crashy(""))).join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let tool = plugin.new_tool(None).unwrap();
+    assert_eq!(echo(&tool, "alive"), "alive");
+    assert_eq!(plugin.child_restarts(), Some(0));
 }

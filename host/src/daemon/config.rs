@@ -273,6 +273,9 @@ impl DaemonConfig {
                 force: self.plugins.isolation,
                 by_plugin: self.plugins.isolation_by_id.clone(),
             },
+            call_timeout: Some(std::time::Duration::from_millis(
+                self.server.task_timeout_ms,
+            )),
             ..Default::default()
         }
     }

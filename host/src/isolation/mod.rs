@@ -81,7 +81,8 @@ impl IsolationPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessSettings {
-    /// Seconds one call may take before the child is killed and restarted (default 300).
+    /// Seconds one call may take before the child is killed and restarted (default: the
+    /// daemon's `server.task_timeout_ms`, else 300).
     #[serde(default)]
     pub call_timeout_secs: Option<u64>,
     /// Address-space limit of the child, in MiB (`RLIMIT_AS`).
@@ -96,8 +97,13 @@ pub struct ProcessSettings {
 }
 
 impl ProcessSettings {
-    /// The deadline of one call.
-    pub fn call_timeout(&self) -> Duration {
-        Duration::from_secs(self.call_timeout_secs.unwrap_or(300).max(1))
+    /// The deadline of one call; `default` when the manifest sets none (the operator's task
+    /// timeout), else 300 s.
+    pub fn call_timeout(&self, default: Option<Duration>) -> Duration {
+        self.call_timeout_secs
+            .map(Duration::from_secs)
+            .or(default)
+            .unwrap_or(Duration::from_secs(300))
+            .max(Duration::from_millis(100))
     }
 }

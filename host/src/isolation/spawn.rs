@@ -28,7 +28,6 @@ pub(super) fn start_child(
     generation: u64,
 ) -> Result<(Arc<Conn>, Info), String> {
     let rt = runtime()?;
-    let _enter = rt.enter();
     let mut cmd = tokio::process::Command::new(&launch.program);
     cmd.arg("plugin-host")
         .arg(&launch.manifest)
@@ -43,12 +42,23 @@ pub(super) fn start_child(
     unsafe {
         cmd.pre_exec(move || limit_child(&settings));
     }
-    let mut child = cmd.spawn().map_err(|e| {
+    // Forked from the isolation runtime's own thread, which lives as long as the host: the
+    // child's PR_SET_PDEATHSIG fires when the *thread* that forked it ends, and a caller's
+    // thread (a blocking-pool thread, a test's) may end long before the host does.
+    let (spawned_tx, spawned) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let _ = spawned_tx.send(cmd.spawn());
+    });
+    let cannot = |e: String| {
         format!(
             "cannot start its process (`{} plugin-host`): {e}",
             launch.program.display()
         )
-    })?;
+    };
+    let mut child = spawned
+        .recv()
+        .map_err(|e| cannot(e.to_string()))?
+        .map_err(|e| cannot(e.to_string()))?;
     let pid = child.id().unwrap_or(0);
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -60,7 +70,7 @@ pub(super) fn start_child(
         plugin: id.to_owned(),
         generation,
         pid,
-        deadline: launch.settings.call_timeout(),
+        deadline: launch.deadline,
         tx,
         next_call: AtomicU64::new(1),
         pending: Mutex::new(HashMap::new()),
@@ -137,10 +147,7 @@ async fn enforce_deadline(conn: Weak<Conn>) {
             .find(|(_, (_, _, since))| since.elapsed() > deadline)
             .map(|(call, (op, _, _))| (*call, *op));
         if let Some((call, op)) = overdue {
-            let why = format!(
-                "killed by the host: `{op}` ran past its deadline of {} s",
-                deadline.as_secs()
-            );
+            let why = format!("killed by the host: `{op}` ran past its deadline of {deadline:?}");
             tracing::warn!(plugin = %conn.plugin, pid = conn.pid, "{why}");
             conn.kill(call, why);
             return;

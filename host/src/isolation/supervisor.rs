@@ -57,6 +57,8 @@ pub(crate) struct Launch {
     /// The library the host resolved (and hashed); the child loads exactly this file.
     pub library: PathBuf,
     pub settings: ProcessSettings,
+    /// How long one call may run.
+    pub deadline: Duration,
 }
 
 /// Starts, watches and restarts one plugin's child.
