@@ -323,12 +323,27 @@ async fn dropping_an_async_call_cancels_it_in_the_child() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn through_the_daemon_a_crashing_tool_fails_its_call_and_nothing_else() {
+async fn through_the_daemon_each_fault_fails_its_call_and_nothing_else() {
+    // A daemon each: a plugin whose child dies 5 times within 60 s is marked failed.
+    for (activity, says) in [
+        ("segfault", "SIGSEGV"),
+        ("abort", "SIGABRT"),
+        ("exit", "exited with code 7"),
+        ("overflow", "overflowed its stack"),
+        ("alloc", "memory allocation"),
+        ("block_poll", "ran past its deadline of 1s"),
+    ] {
+        fault_through_the_daemon(activity, says).await;
+    }
+}
+
+async fn fault_through_the_daemon(activity: &str, says: &str) {
     let dir = tempfile::tempdir().unwrap().keep();
     scripted("scripted").write(&dir, "scripted.toml");
     // Not isolated by its manifest: by the operator's config.
     ManifestSpec::named("crashy", "crashy")
         .kind("tool", &["sync", "async"])
+        .extra("\n[process]\ncall_timeout_secs = 1\naddress_space_mb = 3072\n")
         .write(&dir, "crashy.toml");
     let mut c = host::daemon::DaemonConfig::default();
     c.plugins.manifest_dirs = vec![dir];
@@ -350,15 +365,15 @@ async fn through_the_daemon_a_crashing_tool_fails_its_call_and_nothing_else() {
         &d,
         json!({"driver": "scripted", "input": "meanwhile", "config": {"delay_ms": 400}}),
     );
-    let (crashed, other) = tokio::join!(async { sse(task("segfault").await.unwrap()).await }, slow);
+    let (crashed, other) = tokio::join!(async { sse(task(activity).await.unwrap()).await }, slow);
     let results: Vec<_> = crashed
         .iter()
         .filter(|e| e.0 == "FinishActionsSubtaskEvent")
         .collect();
     assert_eq!(results.len(), 1, "{crashed:?}");
     let result = results[0].1.to_string();
-    assert!(result.contains("plugin `crashy`"), "{result}");
-    assert!(result.contains("SIGSEGV"), "{result}");
+    assert!(result.contains("plugin `crashy`"), "{activity}: {result}");
+    assert!(result.contains(says), "{activity}: {result}");
     assert_eq!(crashed.last().unwrap().0, "FinishTaskEvent");
     assert_eq!(other.0, 200, "{}", other.2);
     assert_eq!(other.2["output"], "echo: meanwhile");
@@ -392,6 +407,7 @@ async fn through_the_daemon_a_crashing_tool_fails_its_call_and_nothing_else() {
         .unwrap();
     assert_eq!(row["isolation"], "process", "{row}");
     assert!(row["pid"].as_u64().is_some(), "{row}");
+    let _ = d.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
