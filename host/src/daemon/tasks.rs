@@ -94,6 +94,33 @@ fn prepare(state: &AppState, body: &Bytes) -> Result<BuiltTask, Response> {
         .map_err(|e| spec_error_response(state, &e))
 }
 
+/// [`prepare`], on the blocking pool when a plugin is process-isolated: making its instances is
+/// a round trip to its child (a restart, at worst, bounded by the call deadline), which must not
+/// hold an async worker. In process it is a few FFI calls, made in place.
+#[allow(clippy::result_large_err)] // as `prepare`
+async fn build_off_the_runtime_if_isolated(
+    state: &Arc<AppState>,
+    body: Bytes,
+) -> Result<BuiltTask, Response> {
+    let isolated = state
+        .registry
+        .plugins()
+        .any(|p| p.isolation() == crate::isolation::Isolation::Process);
+    if !isolated {
+        return prepare(state, &body);
+    }
+    let st = Arc::clone(state);
+    tokio::task::spawn_blocking(move || prepare(&st, &body))
+        .await
+        .unwrap_or_else(|e| {
+            Err(api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("building the task failed: {e}"),
+            ))
+        })
+}
+
 fn spec_error_response(state: &AppState, e: &SpecError) -> Response {
     let (status, kind) = match e {
         SpecError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
@@ -243,7 +270,7 @@ pub(super) async fn run_task(
         }
         Err(e) => return api_error(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()),
     };
-    let built = match prepare(&state, &body) {
+    let built = match build_off_the_runtime_if_isolated(&state, body).await {
         Ok(t) => t,
         Err(r) => return r,
     };

@@ -181,8 +181,6 @@ impl RetryPolicy {
 /// # Errors
 /// A config error for an invalid header name or value, or a client that cannot be built.
 pub fn client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
-    static CLIENTS: std::sync::LazyLock<std::sync::Mutex<BTreeMap<ClientKey, reqwest::Client>>> =
-        std::sync::LazyLock::new(Default::default);
     let key = (
         config.connect_timeout_ms,
         config
@@ -196,12 +194,23 @@ pub fn client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
         return Ok(c.clone());
     }
     let c = build_client(config)?;
+    // Bounded: where an operator lets requests set headers, each request could bring a new
+    // set. An evicted set costs a client build the next time it is asked for, nothing more.
+    while clients.len() >= MAX_CACHED_CLIENTS {
+        clients.pop_first();
+    }
     clients.insert(key, c.clone());
     Ok(c)
 }
 
+/// How many distinct clients [`client`] keeps.
+const MAX_CACHED_CLIENTS: usize = 32;
+
 /// Connect timeout and headers: what a client is built from.
 type ClientKey = (u64, Vec<(String, String)>);
+
+static CLIENTS: std::sync::LazyLock<std::sync::Mutex<BTreeMap<ClientKey, reqwest::Client>>> =
+    std::sync::LazyLock::new(Default::default);
 
 fn build_client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
     let mut headers = HeaderMap::new();
@@ -564,5 +573,21 @@ pub fn require_nonempty(field: &str, value: &str) -> Result<(), PluginError> {
         Err(PluginError::config(format!("`{field}` must not be empty")))
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_cache_is_bounded_whatever_headers_requests_bring() {
+        for i in 0..MAX_CACHED_CLIENTS * 3 {
+            let mut config = HttpConfig::default();
+            config.headers.insert(format!("x-request-{i}"), "v".into());
+            assert!(client(&config).is_ok());
+        }
+        let cached = CLIENTS.lock().map(|c| c.len()).unwrap_or(usize::MAX);
+        assert!(cached <= MAX_CACHED_CLIENTS, "{cached}");
     }
 }
