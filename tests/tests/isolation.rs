@@ -453,3 +453,39 @@ fn a_child_outlives_the_thread_that_started_it() {
     assert_eq!(echo(&tool, "alive"), "alive");
     assert_eq!(plugin.child_restarts(), Some(0));
 }
+
+#[test]
+fn a_crash_is_seen_even_when_a_process_the_plugin_started_outlives_it() {
+    let plugin = load(&crashy(""));
+    let tool = plugin.new_tool(None).unwrap();
+    let started = std::time::Instant::now();
+    let e = tool
+        .call(&invocation("spawn_then_segfault", json!({})))
+        .unwrap_err();
+    assert!(e.to_string().contains("SIGSEGV"), "{e}");
+    // Not the 30 s of the `sleep` it left behind holding its descriptors.
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert_eq!(echo(&tool, "after"), "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_call_that_blocks_its_poll_still_gets_the_child_killed_at_the_deadline() {
+    let plugin = load(&crashy("call_timeout_secs = 1"));
+    let tool = plugin.new_tool(None).unwrap();
+    let first = plugin.child_pid().unwrap();
+    let block = invocation("block_poll", json!({}));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), tool.call_async(&block))
+            .await
+            .is_err()
+    );
+    // Cancelled, but it cannot be dropped inside the child: it stays under its deadline.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(plugin.child_pid(), None, "the stuck child was killed");
+    let out = tool
+        .call_async(&invocation("echo", json!({"text": "fresh"})))
+        .await
+        .unwrap();
+    assert_eq!(out.content, "fresh");
+    assert_ne!(plugin.child_pid(), Some(first));
+}

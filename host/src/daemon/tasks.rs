@@ -270,12 +270,14 @@ pub(super) async fn run_task(
         }
         Err(e) => return api_error(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()),
     };
+    // The permit first: building may wait on a plugin's child, and a burst must not park a
+    // blocking thread each while it does.
+    let Ok(permit) = Arc::clone(&state.task_permits).try_acquire_owned() else {
+        return overloaded(&state);
+    };
     let built = match build_off_the_runtime_if_isolated(&state, body).await {
         Ok(t) => t,
         Err(r) => return r,
-    };
-    let Ok(permit) = Arc::clone(&state.task_permits).try_acquire_owned() else {
-        return overloaded(&state);
     };
     let mut started = start(&state, built, permit);
     match started.relay.take() {
@@ -451,9 +453,9 @@ async fn run_to_end(
             tokio::task::spawn_blocking(move || {
                 let _blocking = blocking;
                 thread.started();
-                let r = task.run();
-                thread.returned(&st);
-                r
+                // Counted back however `run` ends, a panic included.
+                let _returned = Returned(thread, st);
+                task.run()
             })
             .await
             .unwrap_or_else(|join| {
@@ -528,6 +530,15 @@ impl SyncThread {
                 "the task ended with its sync-path thread still inside a plugin call; the thread keeps its slot until the call returns"
             );
         }
+    }
+}
+
+/// Marks a task's sync-path thread returned when dropped.
+struct Returned(Arc<SyncThread>, Arc<AppState>);
+
+impl Drop for Returned {
+    fn drop(&mut self) {
+        self.0.returned(&self.1);
     }
 }
 

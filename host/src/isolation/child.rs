@@ -26,11 +26,13 @@ fn send(out: &Out, message: &FromChild) {
 }
 
 /// Serves the library `library` of the manifest at `manifest` until the host closes stdin.
-#[allow(unsafe_code)] // dup/dup2: std has no safe way to move a standard descriptor.
+#[allow(unsafe_code)] // fcntl/dup2: std has no safe way to move a standard descriptor.
 pub fn serve(manifest: &Path, library: &Path) -> ExitCode {
     // SAFETY: dup/dup2 on this process's own standard descriptors, before any other thread.
     let proto = unsafe {
-        let fd = libc::dup(1);
+        // Close-on-exec: a process the plugin starts must not hold the protocol pipe open (the
+        // host watches it, and this process's exit, to learn that the plugin died).
+        let fd = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
         if fd < 0 || libc::dup2(2, 1) < 0 {
             eprintln!("plugin-host: cannot set up its protocol pipe");
             return ExitCode::from(70);
@@ -72,8 +74,7 @@ pub fn serve(manifest: &Path, library: &Path) -> ExitCode {
         }
     };
     rt.block_on(serve_calls(plugin, out));
-    let _ = writer.join();
-    // Plugin threads may still run; the host has gone, so end now.
+    // The host has gone; calls still running (a stuck one holds a sender) have no one to answer.
     std::process::exit(0)
 }
 
@@ -182,7 +183,12 @@ fn dispatch(plugin: &Plugin, served: &Arc<Served>, out: &Out, message: ToChild) 
                 return;
             }
             let calls = Arc::clone(&served);
+            // Held across the spawn, so a call that ends at once removes an entry that exists.
+            let mut running = lock(&served.calls);
             let task = tokio::spawn(async move {
+                // Sends `End` however the task ends, aborted included: the host keeps a
+                // cancelled call under its deadline until then.
+                let _ended = Ended(call, out.clone());
                 if method == Method::Stream {
                     stream(&plugin, &raw, call, body, &out).await;
                 } else {
@@ -191,7 +197,7 @@ fn dispatch(plugin: &Plugin, served: &Arc<Served>, out: &Out, message: ToChild) 
                 }
                 lock(&calls.calls).remove(&call);
             });
-            lock(&served.calls).insert(call, task.abort_handle());
+            running.insert(call, task.abort_handle());
         }
         ToChild::Cancel { call } => {
             if let Some(task) = lock(&served.calls).remove(&call) {
@@ -199,6 +205,15 @@ fn dispatch(plugin: &Plugin, served: &Arc<Served>, out: &Out, message: ToChild) 
             }
         }
         ToChild::Release { instance } => drop(lock(&served.instances).remove(&instance)),
+    }
+}
+
+/// Tells the host a call is over when dropped.
+struct Ended(u64, Out);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        send(&self.1, &FromChild::End { call: self.0 });
     }
 }
 

@@ -59,7 +59,9 @@ pub(super) fn start_child(
         .recv()
         .map_err(|e| cannot(e.to_string()))?
         .map_err(|e| cannot(e.to_string()))?;
-    let pid = child.id().unwrap_or(0);
+    let Some(pid) = child.id() else {
+        return Err("its process ended as it started".into());
+    };
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
@@ -76,6 +78,7 @@ pub(super) fn start_child(
         pending: Mutex::new(HashMap::new()),
         death: OnceLock::new(),
         killed: Mutex::new(None),
+        reaped: std::sync::atomic::AtomicBool::new(false),
     });
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -224,18 +227,28 @@ async fn read_answers(
 ) {
     let mut lines = BufReader::new(stdout).lines();
     let mut refused = None;
-    while let Ok(Some(l)) = lines.next_line().await {
-        match serde_json::from_str::<FromChild>(&l) {
-            Ok(FromChild::Ready { info }) => drop(ready.send(Ok(info))),
-            Ok(FromChild::Refused { message }) => refused = Some(message),
-            Ok(m) => conn.deliver(m),
-            Err(e) => {
-                conn.kill(0, format!("it broke the protocol ({e}): {l:.120}"));
-                break;
+    // Its exit, not only the end of its stdout: a process the plugin started may hold the pipe.
+    let status = loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(l)) if on_line(&conn, &ready, &mut refused, &l) => {}
+                _ => break child.wait().await,
+            },
+            status = child.wait() => {
+                // What it wrote before it ended, if the pipe stays open.
+                let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                    while let Ok(Some(l)) = lines.next_line().await {
+                        if !on_line(&conn, &ready, &mut refused, &l) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                break status;
             }
         }
-    }
-    let status = child.wait().await;
+    };
+    conn.reaped.store(true, Ordering::Release);
     // The last stderr lines are in once its pipe closed too.
     let _ = tokio::time::timeout(Duration::from_secs(1), stderr_done).await;
     let mut cause = match (&*lock(&conn.killed), status) {
@@ -260,6 +273,25 @@ async fn read_answers(
         tracing::warn!(plugin = %conn.plugin, pid = conn.pid, "plugin process died: {cause}");
     }
     conn.die(cause);
+}
+
+/// Handles one line from the child; `false` when it broke the protocol (it is being killed).
+fn on_line(
+    conn: &Conn,
+    ready: &std::sync::mpsc::Sender<Result<Info, String>>,
+    refused: &mut Option<String>,
+    l: &str,
+) -> bool {
+    match serde_json::from_str::<FromChild>(l) {
+        Ok(FromChild::Ready { info }) => drop(ready.send(Ok(info))),
+        Ok(FromChild::Refused { message }) => *refused = Some(message),
+        Ok(m) => conn.deliver(m),
+        Err(e) => {
+            conn.kill(0, format!("it broke the protocol ({e}): {l:.120}"));
+            return false;
+        }
+    }
+    true
 }
 
 /// "killed by signal 11 (SIGSEGV)", "exited with code 3".

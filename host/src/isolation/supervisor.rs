@@ -72,7 +72,18 @@ pub struct Supervisor {
 struct State {
     child: Arc<Conn>,
     deaths: VecDeque<Instant>,
+    /// Whether the death of `child` is in `deaths` already (several callers may find it dead).
+    counted: bool,
     failed: Option<String>,
+}
+
+impl Drop for Supervisor {
+    /// The plugin is unloaded (its last handle dropped): its child goes with it.
+    fn drop(&mut self) {
+        lock(&self.state)
+            .child
+            .kill(0, "the plugin was unloaded".into());
+    }
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -95,6 +106,7 @@ impl Supervisor {
             state: Mutex::new(State {
                 child,
                 deaths: VecDeque::new(),
+                counted: false,
                 failed: None,
             }),
         });
@@ -114,14 +126,6 @@ impl Supervisor {
     }
 
     /// Whether a call would have to restart the child first (and so block).
-    /// A restart in progress (the state is held) counts: waiting for it blocks.
-    fn needs_restart(&self) -> bool {
-        match self.state.try_lock() {
-            Ok(st) => st.failed.is_none() && st.child.death.get().is_some(),
-            Err(_) => true,
-        }
-    }
-
     /// The live child, restarting a dead one (blocking: back-off and the library's load).
     fn conn(&self, op: &'static str) -> Result<Arc<Conn>, CallError> {
         let mut st = lock(&self.state);
@@ -133,7 +137,9 @@ impl Supervisor {
             return Ok(Arc::clone(&st.child));
         };
         let now = Instant::now();
-        st.deaths.push_back(now);
+        if !std::mem::replace(&mut st.counted, true) {
+            st.deaths.push_back(now);
+        }
         while st
             .deaths
             .front()
@@ -158,18 +164,25 @@ impl Supervisor {
         let generation = st.child.generation + 1;
         match start_child(&self.id, &self.launch, generation) {
             Ok((child, info)) if info == self.info => {
+                st.counted = false;
                 tracing::warn!(plugin = %self.id, pid = child.pid, restart = generation,
                     ms = started.elapsed().as_millis() as u64, "plugin process restarted after: {cause}");
                 st.child = Arc::clone(&child);
                 Ok(child)
             }
-            Ok(_) => {
+            Ok((child, _)) => {
+                child.kill(0, "its library changed on disk".into());
                 st.failed = Some("its library changed on disk since it was loaded".into());
                 Err(fail(
                     "is marked failed: its library changed on disk since it was loaded",
                 ))
             }
-            Err(e) => Err(fail(&format!("its process could not be restarted: {e}"))),
+            Err(e) => {
+                // A start that failed is a death too, so a library that cannot start any more
+                // ends in `failed` rather than in a retry on every call.
+                st.deaths.push_back(Instant::now());
+                Err(fail(&format!("its process could not be restarted: {e}")))
+            }
         }
     }
 
@@ -210,11 +223,16 @@ pub(crate) struct Conn {
     pub(super) death: OnceLock<String>,
     /// Why the host killed it, and which call ran past its deadline.
     pub(super) killed: Mutex<Option<(u64, String)>>,
+    /// Its exit status was collected: the pid may belong to another process now.
+    pub(super) reaped: std::sync::atomic::AtomicBool,
 }
 
 pub(super) enum Waiter {
     Once(oneshot::Sender<Result<Answer, CallError>>),
     Stream(mpsc::UnboundedSender<Result<String, CallError>>),
+    /// The host dropped the call; it stays in flight (and under the deadline) until the child
+    /// says it is gone, since a plugin future that blocks cannot be dropped.
+    Cancelled,
 }
 
 pub(super) enum Answer {
@@ -267,6 +285,9 @@ impl Conn {
 
     #[allow(unsafe_code)] // kill(2) by pid: the child's handle is owned by its reader task.
     pub(super) fn kill(&self, call: u64, why: String) {
+        if self.reaped.load(Ordering::Acquire) {
+            return;
+        }
         lock(&self.killed).get_or_insert((call, why));
         // SAFETY: plain kill(2); the pid is not reused before the reader task reaps the child.
         unsafe {
@@ -286,6 +307,7 @@ impl Conn {
             match waiter {
                 Waiter::Once(tx) => drop(tx.send(Err(e))),
                 Waiter::Stream(tx) => drop(tx.send(Err(e))),
+                Waiter::Cancelled => {}
             }
         }
     }
@@ -309,9 +331,11 @@ impl Conn {
                 )
             }
             FromChild::Item { call, item } => {
-                let pending = lock(&self.pending);
-                if let Some((op, Waiter::Stream(tx), _)) = pending.get(&call) {
+                let mut pending = lock(&self.pending);
+                if let Some((op, Waiter::Stream(tx), since)) = pending.get_mut(&call) {
                     let _ = tx.send(item.map_err(|e| e.into_call_error(&self.plugin, op)));
+                    // A stream that keeps sending is not stuck: its deadline runs per item.
+                    *since = Instant::now();
                 }
                 return;
             }
@@ -329,7 +353,7 @@ impl Conn {
                 Err(e) => drop(tx.send(Err(e))),
                 Ok(_) => drop(pending.insert(call, (op, Waiter::Stream(tx), since))),
             },
-            None => {}
+            Some((_, Waiter::Cancelled, _)) | None => {}
         }
     }
 
@@ -375,7 +399,10 @@ pub(crate) struct CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if lock(&self.conn.pending).remove(&self.call).is_some() {
+        let mut pending = lock(&self.conn.pending);
+        if let Some(entry) = pending.get_mut(&self.call) {
+            entry.1 = Waiter::Cancelled;
+            drop(pending);
             let _ = self
                 .conn
                 .tx
@@ -405,8 +432,11 @@ impl RemoteInstance {
         Ok((conn, instance))
     }
 
-    fn is_bound_to_live_child(&self) -> bool {
-        lock(&self.bound).0.death.get().is_none()
+    /// The target when it needs no restart and no new instance; `None` (take the blocking
+    /// path) otherwise, and while another caller is restarting it.
+    fn live_target(&self) -> Option<(Arc<Conn>, u64)> {
+        let bound = self.bound.try_lock().ok()?;
+        (bound.0.death.get().is_none()).then(|| (Arc::clone(&bound.0), bound.1))
     }
 
     pub(crate) fn call_blocking(&self, method: Method, body: &str) -> Result<String, CallError> {
@@ -428,12 +458,13 @@ impl RemoteInstance {
         method: Method,
         body: String,
     ) -> Result<String, CallError> {
-        let (conn, instance) = if self.is_bound_to_live_child() && !self.sup.needs_restart() {
-            self.target(method.op())?
-        } else {
-            // A restart blocks (back-off, the library's load): not on an async worker.
-            let this = Arc::clone(self);
-            crate::bridge::run_blocking(move || this.target(method.op())).await?
+        let (conn, instance) = match self.live_target() {
+            Some(t) => t,
+            None => {
+                // A restart blocks (back-off, the library's load): not on an async worker.
+                let this = Arc::clone(self);
+                crate::bridge::run_blocking(move || this.target(method.op())).await?
+            }
         };
         let (tx, rx) = oneshot::channel();
         let guard = conn.request(method.op(), Waiter::Once(tx), |call| ToChild::Call {

@@ -30,6 +30,14 @@ fn act(call: &ToolInvocation) -> Result<ToolOutput, PluginError> {
             unreachable!()
         }
         "abort" => std::process::abort(),
+        "spawn_then_segfault" => {
+            // A process it started outlives it, holding whatever descriptors it inherited.
+            let _ = std::process::Command::new("sleep").arg("30").spawn();
+            act(&ToolInvocation {
+                activity: "segfault".into(),
+                ..call.clone()
+            })
+        }
         "exit" => std::process::exit(7),
         "overflow" => Ok(ToolOutput::ok(overflow(0).to_string())),
         "alloc" => {
