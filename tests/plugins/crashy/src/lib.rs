@@ -32,7 +32,9 @@ fn act(call: &ToolInvocation) -> Result<ToolOutput, PluginError> {
         "abort" => std::process::abort(),
         "spawn_then_segfault" => {
             // A process it started outlives it, holding whatever descriptors it inherited.
-            let _ = std::process::Command::new("sleep").arg("30").spawn();
+            if let Ok(c) = std::process::Command::new("sleep").arg("30").spawn() {
+                eprintln!("spawned pid {}", c.id());
+            }
             act(&ToolInvocation {
                 activity: "segfault".into(),
                 ..call.clone()
