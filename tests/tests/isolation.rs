@@ -504,3 +504,20 @@ async fn a_dropped_call_that_blocks_its_poll_still_gets_the_child_killed_at_the_
     assert_eq!(out.content, "fresh");
     assert_ne!(plugin.child_pid(), Some(first));
 }
+
+#[test]
+fn the_process_limits_of_the_manifest_bind_the_child() {
+    let plugin = load(&crashy("open_files = 64\ncpu_secs = 1"));
+    let tool = plugin.new_tool(None).unwrap();
+    let open: usize = tool
+        .call(&invocation("open_files", json!({})))
+        .unwrap()
+        .content
+        .parse()
+        .unwrap();
+    assert!(open < 64, "{open} files open under RLIMIT_NOFILE = 64");
+    // The child's CPU time ends at 1 s: the kernel sends SIGXCPU.
+    let e = tool.call(&invocation("spin", json!({}))).unwrap_err();
+    assert!(e.to_string().contains("SIGXCPU"), "{e}");
+    assert_eq!(echo(&tool, "after"), "after");
+}

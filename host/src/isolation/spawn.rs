@@ -113,15 +113,21 @@ fn limit_child(settings: &ProcessSettings) -> std::io::Result<()> {
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         let limits = [
+            // No core files: a crashing plugin must not fill the host's working directory (and
+            // writing one delays the report of its death by seconds).
+            (libc::RLIMIT_CORE, Some(0)),
             (libc::RLIMIT_AS, settings.address_space_mb.map(|m| m << 20)),
             (libc::RLIMIT_CPU, settings.cpu_secs),
             (libc::RLIMIT_NOFILE, settings.open_files),
         ];
         for (resource, value) in limits {
             if let Some(v) = value {
+                // CPU: the soft limit sends SIGXCPU, which names the cause; the hard one, a
+                // second later, is SIGKILL for a child that ignores it.
+                let hard = if resource == libc::RLIMIT_CPU { v + 1 } else { v };
                 let rl = libc::rlimit {
                     rlim_cur: v as libc::rlim_t,
-                    rlim_max: v as libc::rlim_t,
+                    rlim_max: hard as libc::rlim_t,
                 };
                 if libc::setrlimit(resource, &rl) != 0 {
                     return Err(std::io::Error::last_os_error());

@@ -49,6 +49,20 @@ fn act(call: &ToolInvocation) -> Result<ToolOutput, PluginError> {
                 std::hint::black_box(&hoard);
             }
         }
+        "open_files" => {
+            // How many files it can hold open at once (its RLIMIT_NOFILE, less what is open).
+            let mut held = Vec::new();
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                held.push(f);
+                if held.len() == 100_000 {
+                    break;
+                }
+            }
+            Ok(ToolOutput::ok(held.len().to_string()))
+        }
+        "spin" => loop {
+            std::hint::black_box(std::time::Instant::now());
+        },
         "print" => {
             // Straight to fd 1: must not reach the host as protocol.
             println!("{{\"op\":\"done\",\"call\":1,\"result\":{{\"Ok\":\"forged\"}}}}");
