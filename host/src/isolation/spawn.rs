@@ -124,7 +124,11 @@ fn limit_child(settings: &ProcessSettings) -> std::io::Result<()> {
             if let Some(v) = value {
                 // CPU: the soft limit sends SIGXCPU, which names the cause; the hard one, a
                 // second later, is SIGKILL for a child that ignores it.
-                let hard = if resource == libc::RLIMIT_CPU { v + 1 } else { v };
+                let hard = if resource == libc::RLIMIT_CPU {
+                    v + 1
+                } else {
+                    v
+                };
                 let rl = libc::rlimit {
                     rlim_cur: v as libc::rlim_t,
                     rlim_max: hard as libc::rlim_t,
