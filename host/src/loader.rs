@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use plugin_api::abi::{
-    ABI_GENERATION_V1, Capabilities, HostServicesV1, LogLevel, PanicStrategy, PluginInfoFfi,
-    PluginModV1Ref, ROOT_MODULE_NAME,
+    ABI_GENERATION_V1, HostServicesV1, LogLevel, PanicStrategy, PluginInfoFfi, PluginModV1Ref,
+    ROOT_MODULE_NAME,
 };
 use plugin_api::abi_stable::library::{LibHeader, LibraryError, lib_header_from_path};
 use plugin_api::abi_stable::std_types::RStr;
@@ -368,19 +368,9 @@ fn start_isolated(
             library: library.clone(),
             reason: format!("in its own process: {reason}"),
         })?;
-    let info = PluginInfo {
-        id: info.id,
-        version: info.version,
-        description: info.description,
-        abi_generation: info.abi_generation,
-        wire_version: info.wire_version,
-        sdk_version: info.sdk_version,
-        capabilities: Capabilities(info.capabilities),
-        panic_unwind: info.panic_unwind,
-    };
     Ok(Plugin::new(
         Arc::new(manifest),
-        info,
+        info.into(),
         library,
         Backend::Process(sup),
     ))

@@ -89,6 +89,18 @@ pub async fn post(d: &Daemon, body: Value) -> (u16, reqwest::header::HeaderMap, 
     (status, headers, v)
 }
 
+/// GETs `path` and reads its body as JSON.
+pub async fn get_json(d: &Daemon, path: &str) -> Value {
+    client()
+        .get(d.url(path))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 /// Reads an SSE response to its end: (event name, data JSON, when it arrived).
 pub async fn sse(resp: reqwest::Response) -> Vec<(String, Value, Instant)> {
     let mut out = Vec::new();

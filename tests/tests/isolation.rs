@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use e2e::daemon::{Daemon, client, post, sse};
+use e2e::daemon::{Daemon, client, get_json, post, sse};
 use e2e::{ManifestSpec, artifacts, first_party_registry, scripted};
 use futures::StreamExt;
 use host::Plugin;
@@ -390,14 +390,7 @@ async fn fault_through_the_daemon(activity: &str, says: &str) {
     assert!(result.contains("\"hi\""), "{result}");
     assert!(!result.contains("is_error\":true"), "{result}");
 
-    let plugins: Value = client()
-        .get(d.url("/v1/plugins"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let plugins = get_json(&d, "/v1/plugins").await;
     let row = plugins["plugins"]
         .as_array()
         .unwrap()

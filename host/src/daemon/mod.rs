@@ -88,6 +88,8 @@ pub struct AppState {
     tasks: TaskTracker,
     /// Tasks stopped because the host shut down.
     abandoned: AtomicUsize,
+    /// Some plugin runs in a child process: building a task may wait on it.
+    any_isolated: bool,
 }
 
 /// How [`serve`] ended.
@@ -150,7 +152,11 @@ impl AppState {
             &config.server.allowed_hosts,
             &config.server.allowed_origins,
         );
+        let any_isolated = registry
+            .plugins()
+            .any(|p| p.isolation() == crate::isolation::Isolation::Process);
         Ok(Self {
+            any_isolated,
             guard,
             shutdown: watch::Sender::new(false),
             tasks: TaskTracker::new(),

@@ -102,11 +102,7 @@ async fn build_off_the_runtime_if_isolated(
     state: &Arc<AppState>,
     body: Bytes,
 ) -> Result<BuiltTask, Response> {
-    let isolated = state
-        .registry
-        .plugins()
-        .any(|p| p.isolation() == crate::isolation::Isolation::Process);
-    if !isolated {
+    if !state.any_isolated {
         return prepare(state, &body);
     }
     let st = Arc::clone(state);

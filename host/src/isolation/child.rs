@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use plugin_api::ErrorKind;
 use tokio::io::AsyncBufReadExt;
 
-use super::protocol::{FromChild, Info, Method, ToChild, WireError, line};
+use super::protocol::{FromChild, Method, ToChild, WireError, line};
 use crate::error::CallError;
 use crate::plugin::{Plugin, Raw};
 
@@ -58,7 +58,7 @@ pub fn serve(manifest: &Path, library: &Path) -> ExitCode {
     send(
         &out,
         &FromChild::Ready {
-            info: info_of(&plugin),
+            info: plugin.info().into(),
         },
     );
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -89,20 +89,6 @@ fn write_lines(file: std::fs::File, rx: &std::sync::mpsc::Receiver<String>) {
         if !ok || w.flush().is_err() {
             return;
         }
-    }
-}
-
-fn info_of(plugin: &Plugin) -> Info {
-    let i = plugin.info();
-    Info {
-        id: i.id.clone(),
-        version: i.version.clone(),
-        description: i.description.clone(),
-        abi_generation: i.abi_generation,
-        wire_version: i.wire_version,
-        sdk_version: i.sdk_version.clone(),
-        capabilities: i.capabilities.0,
-        panic_unwind: i.panic_unwind,
     }
 }
 

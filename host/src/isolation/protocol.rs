@@ -6,10 +6,12 @@
 //! the bytes an in-process one would.
 
 use plugin_api::ErrorKind;
+use plugin_api::abi::Capabilities;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CallError;
 use crate::manifest::Kind;
+use crate::plugin::PluginInfo;
 
 /// A message to the child.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +100,36 @@ pub(crate) struct Info {
     pub sdk_version: String,
     pub capabilities: u32,
     pub panic_unwind: bool,
+}
+
+impl From<&PluginInfo> for Info {
+    fn from(i: &PluginInfo) -> Self {
+        Self {
+            id: i.id.clone(),
+            version: i.version.clone(),
+            description: i.description.clone(),
+            abi_generation: i.abi_generation,
+            wire_version: i.wire_version,
+            sdk_version: i.sdk_version.clone(),
+            capabilities: i.capabilities.0,
+            panic_unwind: i.panic_unwind,
+        }
+    }
+}
+
+impl From<Info> for PluginInfo {
+    fn from(i: Info) -> Self {
+        Self {
+            id: i.id,
+            version: i.version,
+            description: i.description,
+            abi_generation: i.abi_generation,
+            wire_version: i.wire_version,
+            sdk_version: i.sdk_version,
+            capabilities: Capabilities(i.capabilities),
+            panic_unwind: i.panic_unwind,
+        }
+    }
 }
 
 /// A [`CallError`] on the wire; the host puts back the plugin id and the operation it knows.

@@ -125,7 +125,6 @@ impl Supervisor {
         lock(&self.state).child.generation
     }
 
-    /// Whether a call would have to restart the child first (and so block).
     /// The live child, restarting a dead one (blocking: back-off and the library's load).
     fn conn(&self, op: &'static str) -> Result<Arc<Conn>, CallError> {
         let mut st = lock(&self.state);
@@ -190,13 +189,9 @@ impl Supervisor {
     pub(crate) fn new_instance(
         self: &Arc<Self>,
         kind: Kind,
+        op: &'static str,
         config: String,
     ) -> Result<(Raw, Option<String>), CallError> {
-        let op = match kind {
-            Kind::PromptDriver => "new_driver",
-            Kind::Tool => "new_tool",
-            Kind::EventListener => "new_listener",
-        };
         let conn = self.conn(op)?;
         let (instance, spec) = conn.create(op, kind, &config)?;
         let remote = RemoteInstance {

@@ -197,7 +197,7 @@ impl Plugin {
     ) -> Result<(Raw, Option<String>), CallError> {
         let id = self.id();
         let module = match &self.inner.backend {
-            Backend::Process(s) => return s.new_instance(kind, config),
+            Backend::Process(s) => return s.new_instance(kind, op, config),
             Backend::Local(m) => m,
         };
         let c = config.as_str().into();
