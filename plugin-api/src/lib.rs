@@ -15,68 +15,94 @@
 //!
 //! # A tool in a few lines
 //!
+//! Each activity is a type: its fields are the input the model fills in, its doc comments the
+//! descriptions the model reads. The SDK derives the JSON Schema, deserialises the input and
+//! dispatches by type.
+//!
 //! ```
 //! use plugin_api::prelude::*;
 //!
 //! struct Shout;
 //!
+//! /// Returns the text in capitals.
+//! #[derive(Deserialize, JsonSchema)]
+//! struct Loud {
+//!     /// The text to shout.
+//!     text: String,
+//! }
+//!
+//! impl Activity<Shout> for Loud {
+//!     const NAME: &'static str = "loud";
+//!     type Output = String;
+//!
+//!     fn run(self, _: &Shout) -> Result<String, PluginError> {
+//!         Ok(self.text.to_uppercase())
+//!     }
+//! }
+//!
 //! impl Tool for Shout {
 //!     type Config = NoConfig;
-//!     const SYNC: bool = true;
+//!     const NAME: &'static str = "Shout";
+//!     const DESCRIPTION: &'static str = "Upper-cases text";
 //!
 //!     fn new(_: NoConfig) -> Result<Self, PluginError> {
 //!         Ok(Shout)
 //!     }
 //!
-//!     fn spec(&self) -> ToolSpec {
-//!         ToolSpec::new("Shout", "Upper-cases text").activity(
-//!             "shout",
-//!             "Returns the text in capitals",
-//!             serde_json::json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
-//!         )
-//!     }
-//!
-//!     fn call(&self, call: ToolInvocation) -> Result<ToolOutput, PluginError> {
-//!         let text = call.input["text"].as_str().unwrap_or_default();
-//!         Ok(ToolOutput::ok(text.to_uppercase()))
+//!     fn activities(set: &mut Activities<Self>) {
+//!         set.add::<Loud>();
 //!     }
 //! }
 //!
-//! plugin_api::export_plugin! {
-//!     id: "shout",
-//!     description: "Upper-cases text",
-//!     tool: Shout,
-//! }
+//! // The id defaults to the crate's name, the description to the crate's description.
+//! plugin_api::export_plugin! { tool: Shout, id: "shout" }
 //! # fn main() {}
 //! ```
+//!
+//! # Logging
+//!
+//! [`tracing`] is re-exported: `plugin_api::tracing::info!(...)` in a plugin reaches the host's
+//! log, with the plugin's id, once the host has initialised the plugin.
 
 pub mod abi;
 pub mod sdk;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "validation")]
+pub mod validation;
 pub mod wire;
 
 pub use abi_stable;
 pub use async_ffi;
 pub use futures;
+pub use schemars;
+pub use serde;
 pub use serde_json;
 pub use tokio;
 pub use tracing;
 
 pub use sdk::{
-    DeltaStream, ErrorKind, EventListenerDriver, NoConfig, PluginError, PromptDriver, Tool,
-    block_on, spawn_blocking,
+    Activities, Activity, AsyncActivity, DeltaStream, ErrorKind, EventListenerDriver,
+    IntoToolOutput, Json, NoConfig, PluginError, PromptDriver, RawTool, Tool, block_on,
+    spawn_blocking,
 };
 
-/// Everything an author usually needs.
+/// Everything an author usually needs, including the `Deserialize`, `Serialize` and
+/// `JsonSchema` derives (the crate using them depends on `serde` and `schemars` itself, as
+/// the template does).
 pub mod prelude {
+    pub use schemars::JsonSchema;
+    pub use serde::{Deserialize, Serialize};
+    pub use serde_json::{Value, json};
+
     pub use crate::sdk::{
-        DeltaStream, ErrorKind, EventListenerDriver, NoConfig, PluginError, PromptDriver, Tool,
-        block_on, spawn_blocking,
+        Activities, Activity, AsyncActivity, DeltaStream, ErrorKind, EventListenerDriver,
+        IntoToolOutput, Json, NoConfig, PluginError, PromptDriver, RawTool, Tool, block_on,
+        spawn_blocking,
     };
     pub use crate::serde_json;
     pub use crate::wire::{
-        Activity, Event, EventKind, FunctionSpec, Message, PromptRequest, PromptResponse, Role,
+        Event, EventKind, FunctionSpec, Message, PromptRequest, PromptResponse, Role,
         StreamDelta, ToolCall, ToolInvocation, ToolOutput, ToolSpec, Usage,
     };
 }
@@ -110,58 +136,136 @@ impl wire::ToolSpec {
 
 /// Exports a plugin: generates its root module and every FFI adapter.
 ///
-/// Name the plugin's id and the types implementing each kind it provides (at least one):
+/// Name the types implementing each kind the plugin provides (at least one), in any order:
 ///
 /// ```
 /// # use plugin_api::prelude::*;
 /// # struct MyDriver;
 /// # impl PromptDriver for MyDriver {
 /// #     type Config = NoConfig;
+/// #     const SYNC: bool = true;
 /// #     fn new(_: NoConfig) -> Result<Self, PluginError> { Ok(MyDriver) }
 /// # }
 /// # struct MyTool;
+/// # #[derive(Deserialize, JsonSchema)]
+/// # struct Ping {}
+/// # impl Activity<MyTool> for Ping {
+/// #     const NAME: &'static str = "ping";
+/// #     type Output = String;
+/// #     fn run(self, _: &MyTool) -> Result<String, PluginError> { Ok("pong".into()) }
+/// # }
 /// # impl Tool for MyTool {
 /// #     type Config = NoConfig;
+/// #     const NAME: &'static str = "MyTool";
+/// #     const DESCRIPTION: &'static str = "";
 /// #     fn new(_: NoConfig) -> Result<Self, PluginError> { Ok(MyTool) }
-/// #     fn spec(&self) -> ToolSpec { ToolSpec::new("MyTool", "") }
+/// #     fn activities(set: &mut Activities<Self>) { set.add::<Ping>(); }
 /// # }
 /// # struct MyListener;
 /// # impl EventListenerDriver for MyListener {
 /// #     type Config = NoConfig;
+/// #     const SYNC: bool = true;
 /// #     fn new(_: NoConfig) -> Result<Self, PluginError> { Ok(MyListener) }
 /// # }
 /// plugin_api::export_plugin! {
-///     id: "my-plugin",
-///     description: "What it does",   // optional
 ///     driver: MyDriver,              // optional, implements PromptDriver
-///     tool: MyTool,                  // optional, implements Tool
+///     tool: MyTool,                  // optional, implements Tool (or `raw_tool:` a RawTool)
 ///     listener: MyListener,          // optional, implements EventListenerDriver
+///     id: "my-plugin",               // optional, default: the crate's name
+///     description: "What it does",   // optional, default: the crate's description
 /// }
 /// # fn main() {}
 /// ```
 ///
-/// The plugin's version is its crate version. Use the macro once per `cdylib`.
+/// The plugin's version is its crate version, and its capabilities are those of the types
+/// named here: the manifest need not repeat any of it. Use the macro once per `cdylib`.
 #[macro_export]
 macro_rules! export_plugin {
-    (
-        id: $id:expr
-        $(, description: $desc:expr)?
-        $(, driver: $driver:ty)?
-        $(, tool: $tool:ty)?
-        $(, listener: $listener:ty)?
-        $(,)?
+    ($($body:tt)*) => {
+        $crate::__export_plugin! { @parse [] [] [] [] [] [] $($body)* }
+    };
+}
+
+/// The parser behind [`export_plugin!`]: collects the keys in any order, then emits.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_plugin {
+    // Accumulators, in order: [id] [description] [driver] [tool] [raw_tool] [listener].
+    (@parse [$($id:tt)+] $d:tt $dr:tt $t:tt $rt:tt $l:tt id: $($rest:tt)*) => {
+        compile_error!("export_plugin!: `id` is given twice");
+    };
+    (@parse [] $d:tt $dr:tt $t:tt $rt:tt $l:tt id: $v:expr $(, $($rest:tt)*)?) => {
+        $crate::__export_plugin! { @parse [$v] $d $dr $t $rt $l $($($rest)*)? }
+    };
+    (@parse $id:tt [$($d:tt)+] $dr:tt $t:tt $rt:tt $l:tt description: $($rest:tt)*) => {
+        compile_error!("export_plugin!: `description` is given twice");
+    };
+    (@parse $id:tt [] $dr:tt $t:tt $rt:tt $l:tt description: $v:expr $(, $($rest:tt)*)?) => {
+        $crate::__export_plugin! { @parse $id [$v] $dr $t $rt $l $($($rest)*)? }
+    };
+    (@parse $id:tt $d:tt [$($dr:tt)+] $t:tt $rt:tt $l:tt driver: $($rest:tt)*) => {
+        compile_error!("export_plugin!: `driver` is given twice");
+    };
+    (@parse $id:tt $d:tt [] $t:tt $rt:tt $l:tt driver: $v:ty $(, $($rest:tt)*)?) => {
+        $crate::__export_plugin! { @parse $id $d [$v] $t $rt $l $($($rest)*)? }
+    };
+    (@parse $id:tt $d:tt $dr:tt [$($t:tt)+] $rt:tt $l:tt tool: $($rest:tt)*) => {
+        compile_error!("export_plugin!: `tool` is given twice");
+    };
+    (@parse $id:tt $d:tt $dr:tt [] $rt:tt $l:tt tool: $v:ty $(, $($rest:tt)*)?) => {
+        $crate::__export_plugin! { @parse $id $d $dr [$v] $rt $l $($($rest)*)? }
+    };
+    (@parse $id:tt $d:tt $dr:tt $t:tt [$($rt:tt)+] $l:tt raw_tool: $($rest:tt)*) => {
+        compile_error!("export_plugin!: `raw_tool` is given twice");
+    };
+    (@parse $id:tt $d:tt $dr:tt $t:tt [] $l:tt raw_tool: $v:ty $(, $($rest:tt)*)?) => {
+        $crate::__export_plugin! { @parse $id $d $dr $t [$v] $l $($($rest)*)? }
+    };
+    (@parse $id:tt $d:tt $dr:tt $t:tt $rt:tt [$($l:tt)+] listener: $($rest:tt)*) => {
+        compile_error!("export_plugin!: `listener` is given twice");
+    };
+    (@parse $id:tt $d:tt $dr:tt $t:tt $rt:tt [] listener: $v:ty $(, $($rest:tt)*)?) => {
+        $crate::__export_plugin! { @parse $id $d $dr $t $rt [$v] $($($rest)*)? }
+    };
+    (@parse $id:tt $d:tt $dr:tt [$($t:tt)+] [$($rt:tt)+] $l:tt) => {
+        compile_error!("export_plugin!: a plugin has one tool: give `tool` or `raw_tool`, not both");
+    };
+    (@parse $id:tt $d:tt [] [] [] []) => {
+        compile_error!("export_plugin!: name at least one of `driver`, `tool`, `raw_tool`, `listener`");
+    };
+    (@parse [$($id:expr)?] [$($desc:expr)?] [$($driver:ty)?] [$($tool:ty)?] [$($raw:ty)?] [$($listener:ty)?]) => {
+        $crate::__export_plugin! {
+            @emit
+            [$crate::__or_default!([$($id)?] env!("CARGO_PKG_NAME"))]
+            [$crate::__or_default!([$($desc)?] env!("CARGO_PKG_DESCRIPTION"))]
+            driver [$($driver)?]
+            tool [$(new_tool tool_caps $tool)? $(new_raw_tool raw_tool_caps $raw)?]
+            listener [$($listener)?]
+        }
+    };
+    (@parse $id:tt $d:tt $dr:tt $t:tt $rt:tt $l:tt $key:ident : $($rest:tt)*) => {
+        compile_error!(concat!(
+            "export_plugin!: unknown key `", stringify!($key),
+            "` (the keys are id, description, driver, tool, raw_tool, listener)"
+        ));
+    };
+    (@emit
+        [$id:expr]
+        [$desc:expr]
+        driver [$($driver:ty)?]
+        tool [$($new_tool:ident $tool_caps:ident $tool:ty)?]
+        listener [$($listener:ty)?]
     ) => {
         const _: () = {
             extern "C" fn __grip_info() -> $crate::abi::PluginInfoFfi {
-                let descriptions: &[&str] = &[$($desc)?];
                 $crate::sdk::ffi::plugin_info(
                     $id,
                     env!("CARGO_PKG_VERSION"),
-                    descriptions.first().copied().unwrap_or(""),
+                    $desc,
                     cfg!(panic = "unwind"),
                     $crate::abi::Capabilities::NONE
                         $(.union($crate::sdk::ffi::driver_caps::<$driver>()))?
-                        $(.union($crate::sdk::ffi::tool_caps::<$tool>()))?
+                        $(.union($crate::sdk::ffi::$tool_caps::<$tool>()))?
                         $(.union($crate::sdk::ffi::listener_caps::<$listener>()))?,
                 )
             }
@@ -185,7 +289,7 @@ macro_rules! export_plugin {
             extern "C" fn __grip_new_tool(
                 config: $crate::abi_stable::std_types::RStr<'_>,
             ) -> $crate::abi_stable::std_types::RResult<$crate::abi::ToolBox, $crate::abi::PluginErrorFfi> {
-                $(return $crate::sdk::ffi::new_tool::<$tool>(config);)?
+                $(return $crate::sdk::ffi::$new_tool::<$tool>(config);)?
                 let _ = config;
                 $crate::sdk::ffi::absent_kind("tool")
             }
@@ -221,5 +325,17 @@ macro_rules! export_plugin {
             pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::abi_stable::library::LibHeader =
                 $crate::sdk::ffi::lib_header_v1(__grip_root_module_loader);
         };
+    };
+}
+
+/// `[value] default` gives the value when there is one, else the default.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __or_default {
+    ([$v:expr] $default:expr) => {
+        $v
+    };
+    ([] $default:expr) => {
+        $default
     };
 }

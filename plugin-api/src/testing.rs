@@ -2,14 +2,16 @@
 //!
 //! Each harness builds the plugin the way the host does (config as JSON, through the FFI
 //! adapters [`export_plugin!`](crate::export_plugin) generates) and calls the same entry points
-//! the host calls: requests are encoded to JSON, panics are caught and become
-//! [`ErrorKind::Panic`] errors, and a mode the plugin does not declare is refused as the host
-//! would refuse it. What it does not do is load a shared library; `grip plugins check` does that
-//! with the built `.so` and its manifest.
+//! the host calls: requests are encoded to JSON, a tool's input is checked against its
+//! activity's schema with the host's own check ([`crate::validation`]), panics are caught and
+//! become [`ErrorKind::Panic`] errors, and a mode the plugin does not declare is refused as the
+//! host would refuse it. [`TestTool::instance`] (and its driver and listener twins) give the
+//! plugin's own value, to look at its state. What the harness does not do is load a shared
+//! library; `grip plugins check` does that with the built `.so` and its manifest.
 //!
 //! ```toml
 //! [dev-dependencies]
-//! plugin-api = { version = "1.2", features = ["testing"] }
+//! plugin-api = { version = "2", features = ["testing"] }
 //! ```
 //!
 //! ```
@@ -40,8 +42,10 @@
 //! assert_eq!(refused.kind, ErrorKind::Unsupported);
 //! ```
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use abi_stable::std_types::{RNone, ROption, RResult, RSome, RString};
@@ -59,7 +63,8 @@ use crate::wire::{
     Event, EventKind, Message, PromptRequest, PromptResponse, StreamDelta, ToolInvocation,
     ToolOutput, ToolSpec,
 };
-use crate::{ErrorKind, EventListenerDriver, PluginError, PromptDriver, Tool};
+use crate::validation::{self, Validator};
+use crate::{ErrorKind, EventListenerDriver, PluginError, PromptDriver, RawTool, Tool};
 
 /// Runs a future to completion on the current thread (the plugin's async code still runs in
 /// the plugin's own runtime, entered on every poll, as under the host).
@@ -122,42 +127,62 @@ fn require(caps: Capabilities, needed: Capabilities, what: &str) -> Result<(), P
     }
 }
 
-/// A plugin instance under test: the FFI object the host would hold, and the capabilities the
-/// plugin declares.
-pub struct UnderTest<B> {
-    inner: B,
+/// A prompt driver under test: the FFI object the host would hold, and the driver itself.
+pub struct TestDriver<D> {
+    instance: Arc<D>,
+    inner: PromptDriverBox,
     caps: Capabilities,
 }
 
-impl<B> std::fmt::Debug for UnderTest<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UnderTest")
-            .field("caps", &self.caps)
-            .finish()
-    }
+/// A tool under test, with its activities' compiled schemas.
+pub struct TestTool<T> {
+    instance: Arc<T>,
+    inner: ToolBox,
+    caps: Capabilities,
+    validators: HashMap<String, Validator>,
 }
 
-/// A prompt driver under test.
-pub type TestDriver = UnderTest<PromptDriverBox>;
-/// A tool under test.
-pub type TestTool = UnderTest<ToolBox>;
 /// An event listener driver under test.
-pub type TestListener = UnderTest<ListenerBox>;
+pub struct TestListener<L> {
+    instance: Arc<L>,
+    inner: ListenerBox,
+    caps: Capabilities,
+}
+
+macro_rules! debug_and_instance {
+    ($($ty:ident),*) => {$(
+        impl<P> std::fmt::Debug for $ty<P> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty)).field("caps", &self.caps).finish()
+            }
+        }
+
+        impl<P> $ty<P> {
+            /// The plugin's own value, as built from the config.
+            pub fn instance(&self) -> &P {
+                &self.instance
+            }
+        }
+    )*};
+}
+
+debug_and_instance!(TestDriver, TestTool, TestListener);
 
 /// Makes driver `D` from its config (JSON, as in the manifest's `[config]`).
 ///
 /// # Errors
 /// A config that does not deserialize, or the driver's own `new` error.
-pub fn driver<D: PromptDriver>(config: serde_json::Value) -> Result<TestDriver, PluginError> {
+pub fn driver<D: PromptDriver>(config: serde_json::Value) -> Result<TestDriver<D>, PluginError> {
     let json = config_json(&config);
-    let inner = result(ffi::new_driver::<D>(json.as_str().into()))?;
+    let (instance, inner) = result(ffi::new_driver_parts::<D>(json.as_str().into()))?;
     Ok(TestDriver {
+        instance,
         inner,
         caps: ffi::driver_caps::<D>(),
     })
 }
 
-impl TestDriver {
+impl<D> TestDriver<D> {
     /// The sync entry point.
     ///
     /// # Errors
@@ -263,14 +288,22 @@ impl Stream for TestStream {
 /// Makes tool `T` from its config (JSON; `null` for none).
 ///
 /// # Errors
-/// A config that does not deserialize, or the tool's own `new` error.
-pub fn tool<T: Tool>(config: serde_json::Value) -> Result<TestTool, PluginError> {
+/// A config that does not deserialize, the tool's own `new` error, or an activity whose
+/// schema does not compile.
+pub fn tool<T: Tool>(config: serde_json::Value) -> Result<TestTool<T>, PluginError> {
     let json = config_json(&config);
-    let inner = result(ffi::new_tool::<T>(json.as_str().into()))?;
-    Ok(TestTool {
-        inner,
-        caps: ffi::tool_caps::<T>(),
-    })
+    let (instance, inner) = result(ffi::new_tool_parts::<T>(json.as_str().into()))?;
+    TestTool::new(instance, inner, ffi::tool_caps::<T>())
+}
+
+/// Makes raw tool `T` from its config (JSON; `null` for none).
+///
+/// # Errors
+/// As [`tool`].
+pub fn raw_tool<T: RawTool>(config: serde_json::Value) -> Result<TestTool<T>, PluginError> {
+    let json = config_json(&config);
+    let (instance, inner) = result(ffi::new_raw_tool_parts::<T>(json.as_str().into()))?;
+    TestTool::new(instance, inner, ffi::raw_tool_caps::<T>())
 }
 
 fn invocation(activity: &str, input: serde_json::Value) -> ToolInvocation {
@@ -282,7 +315,27 @@ fn invocation(activity: &str, input: serde_json::Value) -> ToolInvocation {
     }
 }
 
-impl TestTool {
+impl<T> TestTool<T> {
+    fn new(instance: Arc<T>, inner: ToolBox, caps: Capabilities) -> Result<Self, PluginError> {
+        let spec: ToolSpec = decode("tool spec", inner.spec())?;
+        let mut validators = HashMap::new();
+        for a in &spec.activities {
+            let v = validation::compile(&a.parameters).map_err(|e| {
+                PluginError::internal(format!(
+                    "the schema of activity `{}` does not compile ({e}); the host would refuse the tool",
+                    a.name
+                ))
+            })?;
+            validators.insert(a.name.clone(), v);
+        }
+        Ok(Self {
+            instance,
+            inner,
+            caps,
+            validators,
+        })
+    }
+
     /// The tool's spec, as the host reads it.
     ///
     /// # Errors
@@ -291,12 +344,41 @@ impl TestTool {
         decode("tool spec", self.inner.spec())
     }
 
-    /// The sync entry point. The host checks `input` against the activity's schema before it
-    /// calls a tool; this harness does not, so a test can see what the tool does with bad input.
+    /// Checks `input` as the host does before it calls the tool: an unknown activity or input
+    /// that breaks the schema is an [`ErrorKind::InvalidInput`] error with the message the
+    /// model would get.
+    fn check(&self, activity: &str, input: &serde_json::Value) -> Result<(), PluginError> {
+        let Some(v) = self.validators.get(activity) else {
+            let mut known: Vec<&str> = self.validators.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(PluginError::invalid_input(format!(
+                "the tool has no activity `{activity}` (it has: {})",
+                known.join(", ")
+            )));
+        };
+        validation::check_arguments(v, activity, input).map_err(PluginError::invalid_input)
+    }
+
+    /// The sync entry point, after the host's check of `input`.
+    ///
+    /// # Errors
+    /// Input the host would refuse, the tool's error, a caught panic, or an undeclared mode.
+    pub fn call(
+        &self,
+        activity: &str,
+        input: serde_json::Value,
+    ) -> Result<ToolOutput, PluginError> {
+        require(self.caps, Capabilities::TOOL_SYNC, "call (SYNC)")?;
+        self.check(activity, &input)?;
+        self.call_unchecked(activity, input)
+    }
+
+    /// The sync entry point without the host's check, to see what the tool does with input
+    /// the host would never send.
     ///
     /// # Errors
     /// The tool's error, a caught panic, or an undeclared mode.
-    pub fn call(
+    pub fn call_unchecked(
         &self,
         activity: &str,
         input: serde_json::Value,
@@ -306,16 +388,17 @@ impl TestTool {
         decode("tool output", self.inner.call(inv.as_str().into()))
     }
 
-    /// The async entry point.
+    /// The async entry point, after the host's check of `input`.
     ///
     /// # Errors
-    /// The tool's error, a caught panic, or an undeclared mode.
+    /// Input the host would refuse, the tool's error, a caught panic, or an undeclared mode.
     pub async fn call_async(
         &self,
         activity: &str,
         input: serde_json::Value,
     ) -> Result<ToolOutput, PluginError> {
         require(self.caps, Capabilities::TOOL_ASYNC, "call_async (ASYNC)")?;
+        self.check(activity, &input)?;
         let inv = encode("tool invocation", &invocation(activity, input))?;
         decode("tool output", self.inner.call_async(inv).await)
     }
@@ -327,10 +410,11 @@ impl TestTool {
 /// A config that does not deserialize, or the listener's own `new` error.
 pub fn listener<L: EventListenerDriver>(
     config: serde_json::Value,
-) -> Result<TestListener, PluginError> {
+) -> Result<TestListener<L>, PluginError> {
     let json = config_json(&config);
-    let inner = result(ffi::new_listener::<L>(json.as_str().into()))?;
+    let (instance, inner) = result(ffi::new_listener_parts::<L>(json.as_str().into()))?;
     Ok(TestListener {
+        instance,
         inner,
         caps: ffi::listener_caps::<L>(),
     })
@@ -340,7 +424,7 @@ fn unit(r: UnitResult) -> Result<(), PluginError> {
     result(r)
 }
 
-impl TestListener {
+impl<L> TestListener<L> {
     /// The sync entry point: one batch.
     ///
     /// # Errors

@@ -46,6 +46,11 @@ pub struct Message {
     /// For a `tool` message: whether the result is an error.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub is_error: bool,
+    /// For a `tool` message: the tool's structured result, when it gave one
+    /// ([`ToolOutput::structured`]). Drivers send the model `content`; this is for hosts,
+    /// listeners and clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured: Option<Value>,
 }
 
 impl Message {
@@ -57,6 +62,7 @@ impl Message {
             tool_calls: Vec::new(),
             tool_call_id: None,
             is_error: false,
+            structured: None,
         }
     }
 
@@ -87,7 +93,15 @@ impl Message {
             tool_calls: Vec::new(),
             tool_call_id: Some(call_id.into()),
             is_error,
+            structured: None,
         }
+    }
+
+    /// The result of tool call `call_id`, from the tool's output.
+    pub fn from_tool_output(call_id: impl Into<String>, output: ToolOutput) -> Self {
+        let mut m = Self::tool_result(call_id, output.content, output.is_error);
+        m.structured = output.structured;
+        m
     }
 }
 
@@ -321,6 +335,10 @@ pub struct ToolOutput {
     /// Whether the content describes a failure the model should know of.
     #[serde(default)]
     pub is_error: bool,
+    /// The result as structured data, when the tool has it; `content` is then its JSON text.
+    /// Older hosts ignore it and read `content`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured: Option<Value>,
 }
 
 impl ToolOutput {
@@ -330,6 +348,7 @@ impl ToolOutput {
             schema_version: WIRE_VERSION,
             content: content.into(),
             is_error: false,
+            structured: None,
         }
     }
 
@@ -339,6 +358,17 @@ impl ToolOutput {
             schema_version: WIRE_VERSION,
             content: content.into(),
             is_error: true,
+            structured: None,
+        }
+    }
+
+    /// A structured result: the model reads its compact JSON text.
+    pub fn json(value: Value) -> Self {
+        Self {
+            schema_version: WIRE_VERSION,
+            content: value.to_string(),
+            is_error: false,
+            structured: Some(value),
         }
     }
 }

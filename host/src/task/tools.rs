@@ -156,20 +156,10 @@ fn check_call(
             ),
         ));
     }
-    let errors: Vec<String> = f
-        .validator
-        .iter_errors(&call.arguments)
-        .map(|e| format!("at `{}`: {e}", e.instance_path()))
-        .collect();
-    if !errors.is_empty() {
-        return Err(error_result(
-            call,
-            format!(
-                "invalid arguments for `{}`: {}",
-                call.name,
-                errors.join("; ")
-            ),
-        ));
+    if let Err(message) =
+        plugin_api::validation::check_arguments(&f.validator, &call.name, &call.arguments)
+    {
+        return Err(error_result(call, message));
     }
     Ok((
         f.tool,
@@ -184,7 +174,7 @@ fn check_call(
 
 fn tool_message(call: &ToolCall, out: Result<ToolOutput, CallError>) -> Message {
     match out {
-        Ok(o) => Message::tool_result(call.id.clone(), o.content, o.is_error),
+        Ok(o) => Message::from_tool_output(call.id.clone(), o),
         Err(e) => error_result(call, e.to_string()),
     }
 }

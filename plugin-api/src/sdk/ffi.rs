@@ -22,8 +22,10 @@ use serde::de::DeserializeOwned;
 
 use super::panic::install_panic_hook;
 pub use super::panic::panic_message;
+use super::activity::Table;
 use super::{
-    DeltaStream, ErrorKind, EventListenerDriver, PluginError, PromptDriver, Tool, logging, runtime,
+    DeltaStream, ErrorKind, EventListenerDriver, PluginError, PromptDriver, RawTool, Tool,
+    logging, runtime,
 };
 use crate::abi::{
     ABI_GENERATION_V1, Capabilities, DeltaStreamBox, DeltaStreamFfi, DeltaStreamFfi_TO,
@@ -169,9 +171,14 @@ pub fn driver_caps<D: PromptDriver>() -> Capabilities {
     caps(Capabilities::DRIVER_SHIFT, D::SYNC, D::ASYNC, D::STREAM)
 }
 
-/// Capabilities declared by a tool type.
-pub fn tool_caps<T: Tool>() -> Capabilities {
+/// Capabilities declared by a raw tool type.
+pub fn raw_tool_caps<T: RawTool>() -> Capabilities {
     caps(Capabilities::TOOL_SHIFT, T::SYNC, T::ASYNC, false)
+}
+
+/// Capabilities of a typed tool: both paths, always (see [`crate::sdk::activity`]).
+pub fn tool_caps<T: Tool>() -> Capabilities {
+    caps(Capabilities::TOOL_SHIFT, true, true, false)
 }
 
 /// Capabilities declared by a listener type.
@@ -270,20 +277,25 @@ impl Drop for StreamAdapter {
     }
 }
 
+/// Makes a driver from its JSON config; also returns the instance (for the test harness).
+pub fn new_driver_parts<D: PromptDriver>(
+    config: RStr<'_>,
+) -> RResult<(Arc<D>, PromptDriverBox), PluginErrorFfi> {
+    guard("new_driver", || {
+        let driver = Arc::new(D::new(parse_config(config)?)?);
+        let ffi = PromptDriverFfi_TO::from_value(DriverAdapter(Arc::clone(&driver)), TD_Opaque);
+        Ok((driver, ffi))
+    })
+}
+
 /// Makes a driver from its JSON config.
 pub fn new_driver<D: PromptDriver>(config: RStr<'_>) -> RResult<PromptDriverBox, PluginErrorFfi> {
-    guard("new_driver", || {
-        let driver = D::new(parse_config(config)?)?;
-        Ok(PromptDriverFfi_TO::from_value(
-            DriverAdapter(Arc::new(driver)),
-            TD_Opaque,
-        ))
-    })
+    new_driver_parts::<D>(config).map(|(_, driver)| driver)
 }
 
 struct ToolAdapter<T>(Arc<T>);
 
-impl<T: Tool> ToolFfi for ToolAdapter<T> {
+impl<T: RawTool> ToolFfi for ToolAdapter<T> {
     fn spec(&self) -> JsonResult {
         guard("spec", || encode("tool spec", &self.0.spec()))
     }
@@ -305,15 +317,70 @@ impl<T: Tool> ToolFfi for ToolAdapter<T> {
     }
 }
 
-/// Makes a tool from its JSON config.
-pub fn new_tool<T: Tool>(config: RStr<'_>) -> RResult<ToolBox, PluginErrorFfi> {
+/// Makes a raw tool from its JSON config; also returns the instance (for the test harness).
+pub fn new_raw_tool_parts<T: RawTool>(
+    config: RStr<'_>,
+) -> RResult<(Arc<T>, ToolBox), PluginErrorFfi> {
     guard("new_tool", || {
-        let tool = T::new(parse_config(config)?)?;
-        Ok(ToolFfi_TO::from_value(
-            ToolAdapter(Arc::new(tool)),
-            TD_Opaque,
-        ))
+        let tool = Arc::new(T::new(parse_config(config)?)?);
+        let ffi = ToolFfi_TO::from_value(ToolAdapter(Arc::clone(&tool)), TD_Opaque);
+        Ok((tool, ffi))
     })
+}
+
+/// Makes a raw tool from its JSON config.
+pub fn new_raw_tool<T: RawTool>(config: RStr<'_>) -> RResult<ToolBox, PluginErrorFfi> {
+    new_raw_tool_parts::<T>(config).map(|(_, tool)| tool)
+}
+
+/// A typed tool with its checked activity table. The spec is encoded once: the host asks for
+/// it on every task.
+struct TypedToolAdapter<T> {
+    tool: Arc<T>,
+    table: Arc<Table<T>>,
+    spec: RString,
+}
+
+impl<T: Tool> ToolFfi for TypedToolAdapter<T> {
+    fn spec(&self) -> JsonResult {
+        ROk(self.spec.clone())
+    }
+
+    fn call(&self, invocation: RStr<'_>) -> JsonResult {
+        guard("call", || {
+            let inv: ToolInvocation = decode("tool invocation", invocation.as_str())?;
+            encode("tool output", &self.table.call(&self.tool, inv)?)
+        })
+    }
+
+    fn call_async(&self, invocation: RString) -> FfiFuture<JsonResult> {
+        let (tool, table) = (Arc::clone(&self.tool), Arc::clone(&self.table));
+        guarded_future("call_async", async move {
+            let inv: ToolInvocation = decode("tool invocation", invocation.as_str())?;
+            let out = table.call_async(tool, inv).await?;
+            encode("tool output", &out)
+        })
+    }
+}
+
+/// Makes a typed tool from its JSON config; also returns the instance (for the test harness).
+pub fn new_tool_parts<T: Tool>(config: RStr<'_>) -> RResult<(Arc<T>, ToolBox), PluginErrorFfi> {
+    guard("new_tool", || {
+        let table = Table::<T>::build()?;
+        let spec = encode("tool spec", table.spec())?;
+        let tool = Arc::new(T::new(parse_config(config)?)?);
+        let adapter = TypedToolAdapter {
+            tool: Arc::clone(&tool),
+            table: Arc::new(table),
+            spec,
+        };
+        Ok((tool, ToolFfi_TO::from_value(adapter, TD_Opaque)))
+    })
+}
+
+/// Makes a typed tool from its JSON config.
+pub fn new_tool<T: Tool>(config: RStr<'_>) -> RResult<ToolBox, PluginErrorFfi> {
+    new_tool_parts::<T>(config).map(|(_, tool)| tool)
 }
 
 struct ListenerAdapter<L>(Arc<L>);
@@ -344,15 +411,21 @@ impl<L: EventListenerDriver> ListenerFfi for ListenerAdapter<L> {
     }
 }
 
+/// Makes a listener driver from its JSON config; also returns the instance (for the test
+/// harness).
+pub fn new_listener_parts<L: EventListenerDriver>(
+    config: RStr<'_>,
+) -> RResult<(Arc<L>, ListenerBox), PluginErrorFfi> {
+    guard("new_listener", || {
+        let listener = Arc::new(L::new(parse_config(config)?)?);
+        let ffi = ListenerFfi_TO::from_value(ListenerAdapter(Arc::clone(&listener)), TD_Opaque);
+        Ok((listener, ffi))
+    })
+}
+
 /// Makes a listener driver from its JSON config.
 pub fn new_listener<L: EventListenerDriver>(
     config: RStr<'_>,
 ) -> RResult<ListenerBox, PluginErrorFfi> {
-    guard("new_listener", || {
-        let listener = L::new(parse_config(config)?)?;
-        Ok(ListenerFfi_TO::from_value(
-            ListenerAdapter(Arc::new(listener)),
-            TD_Opaque,
-        ))
-    })
+    new_listener_parts::<L>(config).map(|(_, listener)| listener)
 }

@@ -1,17 +1,23 @@
 //! The safe API a plugin author implements.
 //!
-//! A plugin is a `cdylib` crate that implements one or more of [`PromptDriver`], [`Tool`] and
+//! A plugin is a `cdylib` crate that implements one or more of [`PromptDriver`], [`Tool`] (made
+//! of typed [`activity`] types; [`RawTool`] for tools known only at run time) and
 //! [`EventListenerDriver`] and names them in [`export_plugin!`](crate::export_plugin). The macro
 //! generates the root module and every FFI adapter; the author never writes `extern`, `unsafe`
 //! or an abi_stable type.
 //!
 //! # Sync, async and stream
 //!
-//! Each trait has a blocking method and an async twin (drivers also have a stream). Implement the
-//! ones you support and declare them with the `SYNC` / `ASYNC` / `STREAM` constants: the host
-//! reads the declaration, checks it against the manifest, and never calls a mode that is not
-//! declared. Undeclared modes keep their default body, which returns
-//! [`ErrorKind::Unsupported`].
+//! A [`Tool`]'s modes follow from how each activity is registered (see [`activity`]): every
+//! typed tool runs on both paths, and registering an activity for a mode it does not implement
+//! is a compile error.
+//!
+//! Drivers, listeners and raw tools have a blocking method and an async twin (drivers also have
+//! a stream). Implement the ones you support and declare them with the `SYNC` / `ASYNC` /
+//! `STREAM` constants: the host reads the declaration (the manifest need not repeat it), and
+//! never calls a mode that is not declared. An undeclared mode keeps its default body, which
+//! returns [`ErrorKind::Unsupported`]; a declared mode left with its default body is reported by
+//! `grip plugins check`, which calls every declared mode.
 //!
 //! Async methods run on the host's threads, inside this plugin's own tokio runtime (entered on
 //! every poll), so `tokio::time`, `tokio::net` and reqwest work as usual. Blocking work inside an
@@ -24,6 +30,7 @@
 //! plugin must be built with `panic = "unwind"` (the default); the host refuses plugins built
 //! with `panic = "abort"`, because those could not be guarded.
 
+pub mod activity;
 #[doc(hidden)]
 pub mod ffi;
 mod logging;
@@ -40,6 +47,7 @@ use crate::wire::{
     Event, PromptRequest, PromptResponse, StreamDelta, ToolInvocation, ToolOutput, ToolSpec,
 };
 
+pub use activity::{Activities, Activity, AsyncActivity, IntoToolOutput, Json, Tool};
 pub use runtime::{block_on, spawn_blocking};
 
 /// The version of this crate (plugin-api), as reported by each plugin built with it.
@@ -333,13 +341,19 @@ pub trait PromptDriver: Sized + Send + Sync + 'static {
     }
 }
 
-/// A tool: named activities, each with a JSON Schema, that the model can call.
-pub trait Tool: Sized + Send + Sync + 'static {
+/// A tool written against the wire types: it describes its activities itself and dispatches
+/// on [`ToolInvocation::activity`]. Export it with `raw_tool:` in
+/// [`export_plugin!`](crate::export_plugin).
+///
+/// Most tools are better written as a [`Tool`] of typed activities. This trait is for tools
+/// whose activities are only known at run time (a proxy for another tool protocol, a tool
+/// generated from a config file) and for tests of the host.
+pub trait RawTool: Sized + Send + Sync + 'static {
     /// Typed configuration; use [`NoConfig`] for none.
     type Config: DeserializeOwned;
-    /// Implements [`Tool::call`].
+    /// Implements [`RawTool::call`].
     const SYNC: bool = false;
-    /// Implements [`Tool::call_async`].
+    /// Implements [`RawTool::call_async`].
     const ASYNC: bool = false;
 
     /// Makes a tool from its configuration.

@@ -6,7 +6,7 @@ use plugin_api::prelude::*;
 /// A tool that does nothing.
 pub struct Nothing;
 
-impl Tool for Nothing {
+impl RawTool for Nothing {
     type Config = NoConfig;
     const SYNC: bool = true;
 
@@ -29,5 +29,5 @@ impl Tool for Nothing {
 
 plugin_api::export_plugin! {
     id: "abort-plugin",
-    tool: Nothing,
+    raw_tool: Nothing,
 }

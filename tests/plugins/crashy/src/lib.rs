@@ -72,7 +72,7 @@ fn act(call: &ToolInvocation) -> Result<ToolOutput, PluginError> {
     }
 }
 
-impl Tool for Crashy {
+impl RawTool for Crashy {
     type Config = NoConfig;
     const SYNC: bool = true;
     const ASYNC: bool = true;
@@ -134,5 +134,5 @@ impl Tool for Crashy {
 
 plugin_api::export_plugin! {
     id: "crashy",
-    tool: Crashy,
+    raw_tool: Crashy,
 }

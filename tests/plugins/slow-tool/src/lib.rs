@@ -15,7 +15,7 @@ fn now_us() -> u128 {
         .unwrap_or(0)
 }
 
-impl Tool for Slow {
+impl RawTool for Slow {
     type Config = NoConfig;
     const ASYNC: bool = true;
 
@@ -43,5 +43,5 @@ impl Tool for Slow {
 
 plugin_api::export_plugin! {
     id: "slow",
-    tool: Slow,
+    raw_tool: Slow,
 }
