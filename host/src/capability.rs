@@ -93,6 +93,14 @@ pub fn capability(kind: Kind, mode: Mode) -> Capabilities {
     Capabilities(mode.bit() << kind.shift())
 }
 
+/// The kinds a capability set provides (any mode of theirs), in display order.
+pub fn kinds_of(caps: Capabilities) -> Vec<Kind> {
+    Kind::ALL
+        .into_iter()
+        .filter(|k| k.modes().iter().any(|m| caps.contains(capability(*k, *m))))
+        .collect()
+}
+
 /// Renders a capability set the way a manifest spells it: `prompt_driver[sync,async] tool[sync]`.
 pub fn describe_capabilities(caps: Capabilities) -> String {
     let mut parts = Vec::new();

@@ -1,10 +1,10 @@
 //! `grip plugins check`: after the loader accepts a plugin, call each declared capability once
-//! with a small, valid input and judge what comes back.
+//! (every activity of a tool) with a small input valid by its schema, and judge what comes back.
 //!
 //! - **ok**: a well-formed answer.
-//! - **warn**: the entry point answered with an ordinary error (no server, no key, a tool
-//!   rejecting the made-up input): the plugin works, its environment may not. `--strict` makes
-//!   these failures.
+//! - **warn**: the entry point answered with an ordinary error (no server, no key), a tool gave an
+//!   error result, or no valid input could be made from an activity's schema: the plugin works,
+//!   its environment or the made-up input may not. `--strict` makes these failures.
 //! - **fail**: a panic, malformed JSON, a declared mode the plugin says it does not support,
 //!   an internal error, or no answer within the time limit.
 
@@ -48,9 +48,9 @@ pub struct CheckLine {
 pub struct CheckOptions {
     /// Config overrides (JSON object) for every kind.
     pub config: Option<Value>,
-    /// Tool activity to call (default: the first).
+    /// The only tool activity to call (default: every one).
     pub activity: Option<String>,
-    /// Tool input (default: a minimal value made from the activity's schema).
+    /// Tool input (default: a small value made from each activity's schema).
     pub input: Option<Value>,
     /// Time limit per call.
     pub timeout: Duration,
@@ -94,8 +94,10 @@ fn snippet(s: &str) -> String {
     }
 }
 
-/// A minimal value that satisfies simple JSON Schemas: required properties only, the first
-/// enum value, `const`, the minimum of numbers, empty arrays.
+/// A small value made to satisfy a JSON Schema: required properties only, `const`, the first
+/// `enum` value or `default`, the first `anyOf` / `oneOf` branch, a non-null type first, the
+/// bounds of strings, numbers and arrays. The caller checks it against the schema (what this
+/// cannot satisfy, such as a `pattern`, is reported, not sent).
 pub fn sample_input(schema: &Value) -> Value {
     if let Some(c) = schema.get("const") {
         return c.clone();
@@ -110,12 +112,24 @@ pub fn sample_input(schema: &Value) -> Value {
     if let Some(d) = schema.get("default") {
         return d.clone();
     }
+    if let Some(branch) = ["anyOf", "oneOf"]
+        .iter()
+        .find_map(|k| schema.get(*k).and_then(Value::as_array))
+        .and_then(|b| b.iter().find(|s| s.get("type") != Some(&json!("null"))))
+    {
+        return sample_input(branch);
+    }
     let ty = match schema.get("type") {
         Some(Value::String(t)) => t.as_str(),
-        Some(Value::Array(ts)) => ts.iter().find_map(Value::as_str).unwrap_or("null"),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
         _ if schema.get("properties").is_some() => "object",
         _ => "null",
     };
+    let num = |k: &str| schema.get(k).and_then(Value::as_f64);
     match ty {
         "object" => {
             let mut out = serde_json::Map::new();
@@ -134,13 +148,28 @@ pub fn sample_input(schema: &Value) -> Value {
             Value::Object(out)
         }
         "string" => {
-            let min = schema.get("minLength").and_then(Value::as_u64).unwrap_or(0);
-            Value::String("test".repeat((min as usize).div_ceil(4).max(1)))
+            let min = num("minLength").unwrap_or(0.0) as usize;
+            let max = num("maxLength").map_or(usize::MAX, |m| m as usize);
+            let len = min.max(4).min(max);
+            Value::String("test".chars().cycle().take(len).collect())
         }
-        "integer" => json!(schema.get("minimum").and_then(Value::as_i64).unwrap_or(1)),
-        "number" => json!(schema.get("minimum").and_then(Value::as_f64).unwrap_or(1.0)),
+        "integer" => {
+            let n = num("minimum")
+                .or_else(|| num("exclusiveMinimum").map(|m| m.floor() + 1.0))
+                .unwrap_or(1.0);
+            json!(n.ceil() as i64)
+        }
+        "number" => json!(
+            num("minimum")
+                .or_else(|| num("exclusiveMinimum").map(|m| m + 1.0))
+                .unwrap_or(1.0)
+        ),
         "boolean" => json!(true),
-        "array" => json!([]),
+        "array" => {
+            let item = schema.get("items").map(sample_input).unwrap_or(Value::Null);
+            let n = num("minItems").unwrap_or(0.0) as usize;
+            Value::Array(vec![item; n])
+        }
         _ => Value::Null,
     }
 }
@@ -182,6 +211,14 @@ impl Report {
         self.lines.push(CheckLine {
             what,
             outcome: Outcome::Fail(message),
+            elapsed: Duration::ZERO,
+        });
+    }
+
+    fn warn(&mut self, what: String, message: String) {
+        self.lines.push(CheckLine {
+            what,
+            outcome: Outcome::Warn(message),
             elapsed: Duration::ZERO,
         });
     }
@@ -283,60 +320,80 @@ async fn check_driver(
     }
 }
 
-/// One call of the chosen activity (default: the first) in each mode the tool declares.
+/// Every activity (or the one asked for), called once in each mode the tool declares, with
+/// input made from its schema and checked against it the way the host checks a model's call.
 async fn check_tool(report: &mut Report, plugin: &Plugin, options: &CheckOptions) {
     let tool = match plugin.new_tool(options.config.as_ref()) {
         Ok(tool) => tool,
         Err(e) => return report.fail("tool new".into(), e.to_string()),
     };
     let spec = tool.spec().clone();
-    let activity = match &options.activity {
-        Some(a) => spec.activities.iter().find(|x| &x.name == a),
-        None => spec.activities.first(),
+    let activities: Vec<_> = match &options.activity {
+        Some(a) => spec.activities.iter().filter(|x| &x.name == a).collect(),
+        None => spec.activities.iter().collect(),
     };
-    match activity {
-        None => report.fail(
-            "tool spec".into(),
-            match &options.activity {
-                Some(a) => format!("`{}` has no activity `{a}`", spec.name),
-                None => format!("`{}` has no activities", spec.name),
-            },
-        ),
-        Some(activity) => {
-            let input = options
-                .input
-                .clone()
-                .unwrap_or_else(|| sample_input(&activity.parameters));
-            let inv = ToolInvocation {
-                schema_version: plugin_api::wire::WIRE_VERSION,
-                activity: activity.name.clone(),
-                input: input.clone(),
-                call_id: "check".into(),
+    if activities.is_empty() {
+        let why = match &options.activity {
+            Some(a) => format!("`{}` has no activity `{a}`", spec.name),
+            None => format!("`{}` has no activities", spec.name),
+        };
+        return report.fail("tool spec".into(), why);
+    }
+    for activity in activities {
+        let label = |mode: &str| format!("tool {mode} {}", activity.name);
+        let input = match &options.input {
+            Some(i) => i.clone(),
+            None => sample_input(&activity.parameters),
+        };
+        if let Err(why) = plugin_api::validation::compile(&activity.parameters)
+            .and_then(|v| plugin_api::validation::check_arguments(&v, &activity.name, &input))
+        {
+            let what = if options.input.is_some() {
+                "the --input is refused"
+            } else {
+                "no valid input could be made from the schema (give one with --activity and --input)"
             };
-            let describe = |o: plugin_api::wire::ToolOutput| {
-                format!(
-                    "{} {:?}",
-                    if o.is_error {
-                        "error result"
-                    } else {
-                        "returned"
-                    },
-                    snippet(&o.content)
-                )
-            };
-            let label = |mode: &str| format!("tool {mode} call {}({input})", activity.name);
-            if plugin.can(Kind::Tool, Mode::Sync) {
-                let (t, i) = (tool.clone(), inv.clone());
-                report
-                    .run(label("sync"), blocking(move || t.call(&i)), describe)
-                    .await;
-            }
-            if plugin.can(Kind::Tool, Mode::Async) {
-                report
-                    .run(label("async"), tool.call_async(&inv), describe)
-                    .await;
-            }
+            report.warn(label("input"), format!("{what}: {why}"));
+            continue;
         }
+        let inv = ToolInvocation {
+            schema_version: plugin_api::wire::WIRE_VERSION,
+            activity: activity.name.clone(),
+            input: input.clone(),
+            call_id: "check".into(),
+        };
+        let label = |mode: &str| format!("tool {mode} call {}({input})", activity.name);
+        if plugin.can(Kind::Tool, Mode::Sync) {
+            let (t, i) = (tool.clone(), inv.clone());
+            let call = async move { blocking(move || t.call(&i)).await.and_then(tool_result) };
+            report.run(label("sync"), call, describe_output).await;
+        }
+        if plugin.can(Kind::Tool, Mode::Async) {
+            let call = async { tool.call_async(&inv).await.and_then(tool_result) };
+            report.run(label("async"), call, describe_output).await;
+        }
+    }
+}
+
+/// An error result is the tool working as designed on input it did not like: a warning, which
+/// `--strict` makes a failure.
+fn tool_result(o: plugin_api::wire::ToolOutput) -> Result<plugin_api::wire::ToolOutput, CallError> {
+    if o.is_error {
+        Err(CallError::host(
+            "check",
+            "call",
+            ErrorKind::InvalidInput,
+            format!("error result {:?}", snippet(&o.content)),
+        ))
+    } else {
+        Ok(o)
+    }
+}
+
+fn describe_output(o: plugin_api::wire::ToolOutput) -> String {
+    match o.structured {
+        Some(_) => format!("returned structured {:?}", snippet(&o.content)),
+        None => format!("returned {:?}", snippet(&o.content)),
     }
 }
 
@@ -393,7 +450,25 @@ mod tests {
         }, "required": ["text", "n", "mode"]});
         assert_eq!(
             sample_input(&schema),
-            json!({"text": "testtest", "n": 3, "mode": "fast"})
+            json!({"text": "testte", "n": 3, "mode": "fast"})
         );
+    }
+
+    #[test]
+    fn sample_inputs_satisfy_the_schemas_schemars_derives() {
+        let schema = json!({"type": "object", "properties": {
+            "code": {"type": "string", "maxLength": 2},
+            "when": {"type": ["string", "null"]},
+            "unit": {"oneOf": [{"const": "m"}, {"const": "km"}]},
+            "n": {"type": "integer", "exclusiveMinimum": 0},
+            "xs": {"type": "array", "items": {"type": "number"}, "minItems": 2}
+        }, "required": ["code", "when", "unit", "n", "xs"], "additionalProperties": false});
+        let input = sample_input(&schema);
+        assert_eq!(
+            input,
+            json!({"code": "te", "when": "test", "unit": "m", "n": 1, "xs": [1.0, 1.0]})
+        );
+        let v = plugin_api::validation::compile(&schema).unwrap();
+        plugin_api::validation::check_arguments(&v, "f", &input).unwrap();
     }
 }

@@ -38,6 +38,7 @@ mod bridge;
 pub mod capability;
 pub mod check;
 pub mod daemon;
+pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod isolation;

@@ -27,6 +27,7 @@ use plugin_api::abi_stable::std_types::RStr;
 use plugin_api::wire::WIRE_VERSION;
 use sha2::{Digest, Sha256};
 
+use crate::capability::kinds_of;
 use crate::error::LoadError;
 use crate::isolation::supervisor::Launch;
 use crate::isolation::{Isolation, IsolationPolicy, Supervisor};
@@ -508,11 +509,29 @@ fn check_info(manifest: &Manifest, info: &PluginInfo, in_child: bool) -> Result<
             info.version
         ));
     }
-    if info.capabilities != manifest.capabilities {
+    if let Some(declared) = manifest.capabilities
+        && info.capabilities != declared
+    {
         return Err(format!(
             "capabilities disagree: manifest declares {}, library implements {}",
-            describe_capabilities(manifest.capabilities),
+            describe_capabilities(declared),
             describe_capabilities(info.capabilities)
+        ));
+    }
+    let provided = kinds_of(info.capabilities);
+    if provided.is_empty() {
+        return Err(
+            "the library declares no capability at all: name a driver, tool or listener \
+                    in `export_plugin!`"
+                .to_owned(),
+        );
+    }
+    let mut declared = manifest.kinds.clone();
+    declared.sort_unstable();
+    if !declared.is_empty() && declared != provided {
+        return Err(format!(
+            "kinds disagree: manifest declares {:?}, library provides {:?}",
+            manifest.kinds, provided
         ));
     }
     if info.wire_version < 1 {

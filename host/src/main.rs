@@ -61,9 +61,13 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct LoadArgs {
-    /// Directory of plugin manifests (repeatable).
-    #[arg(long = "manifests", default_value = "manifests")]
+    /// A directory of plugin manifests, searched before the default ones (repeatable). The
+    /// defaults: the directories registered with `grip plugins add`, then grip's own.
+    #[arg(long = "manifests")]
     manifest_dirs: Vec<PathBuf>,
+    /// Search only the `--manifests` directories.
+    #[arg(long, env = "GRIP_NO_DEFAULT_MANIFESTS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0, default_missing_value = "true", default_value = "false")]
+    no_default_manifests: bool,
     /// Directory searched for libraries named by `library.name` (repeatable; before
     /// $GRIP_LIB_PATH and the host executable's directory).
     #[arg(long = "lib-dir")]
@@ -78,6 +82,18 @@ struct LoadArgs {
 }
 
 impl LoadArgs {
+    /// The manifest directories, in search order.
+    fn dirs(&self) -> anyhow::Result<Vec<PathBuf>> {
+        host::discovery::manifest_dirs(&self.manifest_dirs, !self.no_default_manifests)
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// Every manifest of [`LoadArgs::dirs`], loaded.
+    fn registry(&self) -> anyhow::Result<(Registry, Vec<PathBuf>)> {
+        let dirs = self.dirs()?;
+        Ok((Registry::load_dirs(&dirs, &self.options()), dirs))
+    }
+
     fn options(&self) -> LoaderOptions {
         let mut lib_dirs = self.lib_dirs.clone();
         lib_dirs.extend(LoaderOptions::default_lib_dirs());
@@ -103,9 +119,10 @@ enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Load one manifest and its library, then call each declared capability once (exit 1 if
-    /// it is refused or an entry point is broken: a panic, malformed JSON, a declared mode it
-    /// does not support, no answer in time).
+    /// Load one manifest and its library, then call each declared capability once, every tool
+    /// activity with input made from its schema (exit 1 if it is refused or an entry point is
+    /// broken: a panic, malformed JSON, a declared mode it does not support, no answer in time;
+    /// with --strict, warnings too).
     Check(CheckArgs),
     /// Write a new plugin crate (Cargo.toml, src/lib.rs with tests, manifest, README) to start
     /// from, outside this repository.
@@ -123,6 +140,21 @@ enum PluginsCommand {
         #[arg(long)]
         plugin_api: Option<String>,
     },
+    /// Register a manifest directory, so every later command finds its plugins.
+    Add {
+        /// The directory (kept as an absolute path).
+        dir: PathBuf,
+    },
+    /// Unregister a manifest directory.
+    Remove {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Print the manifest directories searched, in order.
+    Dirs {
+        #[command(flatten)]
+        load: LoadArgs,
+    },
     /// Print the sha256 of a library, to pin in its manifest's `library.sha256`.
     Hash {
         /// The library file.
@@ -139,16 +171,17 @@ struct CheckArgs {
     /// Only load: call nothing.
     #[arg(long)]
     load_only: bool,
-    /// Ordinary errors (no server, no key, made-up tool input rejected) fail too.
+    /// Warnings fail too: ordinary errors (no server, no key), tool error results, activities
+    /// no valid input could be made for.
     #[arg(long)]
     strict: bool,
     /// Config overrides, as a JSON object (inline, or @file).
     #[arg(long)]
     config: Option<String>,
-    /// The tool activity to call (default: the first).
+    /// The only tool activity to call (default: every one).
     #[arg(long)]
     activity: Option<String>,
-    /// The tool input, as JSON (default: a minimal value made from the activity's schema).
+    /// The tool input, as JSON (default: a small value made from each activity's schema).
     #[arg(long)]
     input: Option<String>,
     /// Seconds allowed per call.
@@ -192,13 +225,22 @@ struct RunArgs {
     /// this machine); the daemon lets a request change only the keys its operator allowed.
     #[arg(long)]
     config: Option<String>,
+    /// Config overrides for one tool, `ID=JSON` (the JSON inline, or @file; repeatable).
+    #[arg(long = "tool-config", value_name = "ID=JSON")]
+    tool_configs: Vec<String>,
+    /// Config overrides for one listener, `ID=JSON` (the JSON inline, or @file; repeatable).
+    #[arg(long = "listener-config", value_name = "ID=JSON")]
+    listener_configs: Vec<String>,
     /// Print the task output as JSON (text, json, usage, subtasks) instead of plain text.
     #[arg(long)]
     json: bool,
-    /// Listener plugins that receive the run's events (repeatable; default: `console` when
-    /// loaded and without --json).
+    /// Listener plugins that receive the run's events (repeatable), next to the `console`
+    /// trace (shown unless --quiet or --json).
     #[arg(long = "listener")]
     listeners: Vec<String>,
+    /// No console trace: only the answer is printed.
+    #[arg(long, short)]
+    quiet: bool,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -263,6 +305,32 @@ fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
             dir,
             plugin_api,
         } => plugins_new(&name, kind, dir, plugin_api),
+        PluginsCommand::Add { dir } => {
+            let (file, new) = host::discovery::add(&dir).map_err(anyhow::Error::msg)?;
+            let what = if new {
+                "registered"
+            } else {
+                "already registered"
+            };
+            println!("{what}: {} (in {})", dir.display(), file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginsCommand::Remove { dir } => {
+            let (file, removed) = host::discovery::remove(&dir).map_err(anyhow::Error::msg)?;
+            if removed {
+                println!("unregistered: {} (in {})", dir.display(), file.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("not registered: {} (see {})", dir.display(), file.display());
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        PluginsCommand::Dirs { load } => {
+            for d in load.dirs()? {
+                println!("{}", d.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         PluginsCommand::Hash { library } => {
             let hash = host::loader::sha256_file(&library)
                 .with_context(|| format!("reading {}", library.display()))?;
@@ -273,7 +341,7 @@ fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn plugins_list(load: &LoadArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let registry = Registry::load_dirs(&load.manifest_dirs, &load.options());
+    let (registry, _) = load.registry()?;
     let rows = registry.rows();
     let mut out = std::io::stdout().lock();
     if json {
@@ -440,9 +508,49 @@ fn json_arg(what: &str, value: &str) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{what} must be JSON"))
 }
 
+/// `ID=JSON` arguments, by id.
+fn id_json_args(
+    flag: &str,
+    args: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    let mut out = std::collections::BTreeMap::new();
+    for a in args {
+        let (id, json) = a
+            .split_once('=')
+            .with_context(|| format!("{flag} {a:?}: expected ID=JSON"))?;
+        let value = json_arg(&format!("{flag} {id}"), json)?;
+        if out.insert(id.to_owned(), value).is_some() {
+            anyhow::bail!("{flag}: `{id}` is given twice");
+        }
+    }
+    Ok(out)
+}
+
+/// Where the CLI looked, and what to do, for a run that found no plugin of the name.
+fn nothing_found(registry: &Registry, dirs: &[PathBuf]) -> String {
+    let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let refused = registry.refused().len();
+    format!(
+        "\n  searched: {}{}\n  to fix: pass --manifests DIR, register a directory once with \
+         `grip plugins add DIR`, and see `grip plugins list` for what loaded and why not",
+        if looked.is_empty() {
+            "nothing (no --manifests, and no default directory exists here)".to_owned()
+        } else {
+            looked.join(", ")
+        },
+        if refused > 0 {
+            format!(" ({refused} manifest(s) refused)")
+        } else {
+            String::new()
+        }
+    )
+}
+
 fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let registry = Registry::load_dirs(&args.load.manifest_dirs, &args.load.options());
-    let plugin = spec::find(&registry, &args.driver, Kind::PromptDriver, "driver")?;
+    let (registry, dirs) = args.load.registry()?;
+    let plugin = spec::find(&registry, &args.driver, Kind::PromptDriver, "driver")
+        .map_err(|e| anyhow::anyhow!("{e}{}", nothing_found(&registry, &dirs)))?;
+    let mut listener_configs = id_json_args("--listener-config", &args.listener_configs)?;
     let spec = TaskSpec {
         driver: Some(args.driver.clone()),
         config: args
@@ -452,6 +560,7 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
             .transpose()?,
         input: args.input,
         tools: args.tools,
+        tool_config: id_json_args("--tool-config", &args.tool_configs)?,
         output_schema: args
             .output_schema
             .as_deref()
@@ -479,17 +588,30 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
     let stream = spec.stream;
     let bus = Arc::new(EventBus::new());
     let task = task.event_bus(Arc::clone(&bus));
-    // Listener plugins see the run; by default the console plugin prints it as it happens.
-    let listener_ids = match (&args.listeners[..], args.json) {
-        ([], true) => Vec::new(),
-        ([], false) if registry.get("console").is_some() => vec!["console".to_owned()],
-        (ids, _) => ids.to_vec(),
-    };
+    // Listener plugins see the run, next to the console plugin's trace of it.
+    let mut listener_ids = Vec::new();
+    if !args.quiet && !args.json && registry.get("console").is_some() {
+        listener_ids.push("console".to_owned());
+    }
+    for id in args.listeners {
+        if !listener_ids.contains(&id) {
+            listener_ids.push(id);
+        }
+    }
+    if let Some(id) = listener_configs
+        .keys()
+        .find(|id| !listener_ids.contains(id))
+    {
+        anyhow::bail!(
+            "--listener-config {id}: `{id}` is not a listener of this run (add --listener {id})"
+        );
+    }
     let console_shown = listener_ids.iter().any(|id| id == "console");
     let mut guards = Vec::new();
     for id in &listener_ids {
-        let handle =
-            spec::find(&registry, id, Kind::EventListener, "listener")?.new_listener(None)?;
+        let overrides = listener_configs.remove(id);
+        let handle = spec::find(&registry, id, Kind::EventListener, "listener")?
+            .new_listener(overrides.as_ref())?;
         guards.push(bus.add_listener(EventListener::new(id.clone()).driver(handle, 1)));
     }
 

@@ -4,14 +4,14 @@
 //! id = "scripted"                      # unique; must equal the id compiled into the library
 //! description = "Answers from a script" # optional
 //! version = "0.1.0"                    # optional; when present must equal the library's
-//! kinds = ["prompt_driver"]            # prompt_driver, tool, event_listener
+//! kinds = ["prompt_driver"]            # optional: prompt_driver, tool, event_listener
 //!
 //! [library]
 //! name = "scripted_driver"             # found as libscripted_driver.so in the library path
 //! # path = "../target/release/libscripted_driver.so"   # or a path relative to this file
 //! # sha256 = "..."                     # enforced when present
 //!
-//! [capabilities]                       # one entry per kind: sync, async, stream
+//! [capabilities]                       # optional; when present, checked against the library
 //! prompt_driver = ["sync", "async", "stream"]
 //!
 //! [config]                             # default configuration handed to the plugin
@@ -28,8 +28,10 @@
 //! # open_files = 256                   # RLIMIT_NOFILE of the child
 //! ```
 //!
-//! Unknown fields are errors (a typo should not be silently ignored), and every error names the
-//! file, the line and the column.
+//! The library reports its kinds and capabilities itself; `kinds` and `[capabilities]` are a
+//! check (the operator's statement of what they expect to load), refused at load when the
+//! library disagrees. Unknown fields are errors (a typo should not be silently ignored), and
+//! every error names the file, the line and the column.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,14 +64,14 @@ pub struct Manifest {
     pub description: Option<String>,
     /// Optional version the library must report.
     pub version: Option<String>,
-    /// Declared kinds.
+    /// Declared kinds (`kinds`, or the keys of `[capabilities]`); empty when neither is given.
     pub kinds: Vec<Kind>,
     /// The library.
     pub library: LibrarySource,
     /// Pinned sha256 of the library (lower-case hex).
     pub sha256: Option<String>,
-    /// Declared capabilities.
-    pub capabilities: Capabilities,
+    /// Declared capabilities, when `[capabilities]` is given.
+    pub capabilities: Option<Capabilities>,
     /// Default configuration for the plugin's instances.
     pub config: serde_json::Value,
     /// `[config.model_source]`: a model file the host fetches for the plugin (see
@@ -113,9 +115,11 @@ struct RawManifest {
     description: Option<String>,
     #[serde(default)]
     version: Option<Spanned<String>>,
-    kinds: Spanned<Vec<Kind>>,
+    #[serde(default)]
+    kinds: Option<Spanned<Vec<Kind>>>,
     library: Spanned<RawLibrary>,
-    capabilities: Spanned<BTreeMap<Kind, Spanned<Vec<Mode>>>>,
+    #[serde(default)]
+    capabilities: Option<Spanned<BTreeMap<Kind, Spanned<Vec<Mode>>>>>,
     #[serde(default)]
     config: toml::Table,
     #[serde(default)]
@@ -186,8 +190,15 @@ impl Manifest {
             at.error(e.span(), message)
         })?;
         let id = check_id(&at, &raw.id)?;
-        let kinds = check_kinds(&at, &raw.kinds)?;
-        let capabilities = check_capabilities(&at, &kinds, &raw.capabilities)?;
+        let kinds = match (&raw.kinds, &raw.capabilities) {
+            (Some(kinds), _) => check_kinds(&at, kinds)?,
+            (None, Some(caps)) => caps.get_ref().keys().copied().collect(),
+            (None, None) => Vec::new(),
+        };
+        let capabilities = match &raw.capabilities {
+            Some(caps) => Some(check_capabilities(&at, &kinds, caps)?),
+            None => None,
+        };
         let library = check_library(&at, &raw.library)?;
         let sha256 = check_sha256(&at, raw.library.get_ref().sha256.as_ref())?;
         let version = match raw.version {
@@ -433,8 +444,9 @@ nested = { a = 1 }
         let m = parse(GOOD).unwrap();
         assert_eq!(m.id, "scripted");
         assert_eq!(m.library, LibrarySource::Name("scripted_driver".into()));
+        let caps = m.capabilities.unwrap();
         assert_eq!(
-            m.capabilities,
+            caps,
             Capabilities::DRIVER_SYNC
                 | Capabilities::DRIVER_ASYNC
                 | Capabilities::DRIVER_STREAM
@@ -442,9 +454,19 @@ nested = { a = 1 }
         );
         assert_eq!(m.config["nested"]["a"], 1);
         assert_eq!(
-            describe_capabilities(m.capabilities),
+            describe_capabilities(caps),
             "prompt_driver[sync,async,stream] tool[async]"
         );
+    }
+
+    #[test]
+    fn kinds_and_capabilities_may_be_left_to_the_library() {
+        let m = parse("id = \"x\"\n[library]\nname = \"x\"\n").unwrap();
+        assert!(m.kinds.is_empty() && m.capabilities.is_none());
+        let only_caps = "id = \"x\"\n[library]\nname = \"x\"\n[capabilities]\ntool = [\"sync\"]\n";
+        let m = parse(only_caps).unwrap();
+        assert_eq!(m.kinds, [Kind::Tool]);
+        assert_eq!(m.capabilities, Some(Capabilities::TOOL_SYNC));
     }
 
     #[test]

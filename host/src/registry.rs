@@ -165,7 +165,7 @@ impl Registry {
             .values()
             .map(|p| PluginRow {
                 id: p.id().to_owned(),
-                kinds: p.manifest().kinds.clone(),
+                kinds: p.kinds(),
                 version: Some(p.info().version.clone()),
                 capabilities: describe_capabilities(p.capabilities()),
                 manifest: p.manifest().path.clone(),

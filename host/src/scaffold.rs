@@ -128,7 +128,7 @@ pub fn write_plugin(
             "tool",
             r#""sync", "async""#,
             "",
-            "",
+            "schemars = \"1\"\nserde = { version = \"1\", features = [\"derive\"] }\n",
             format!(
                 "grip run --manifests <grip>/manifests --manifests manifests --lib-dir target/release \\\n  --driver scripted --tool {name} --config \\\n  '{{\"script\":[{{\"tool_calls\":[{{\"name\":\"{ty}_greet\",\"arguments\":{{\"name\":\"Ada\"}}}}]}},{{\"text\":\"done\"}}]}}' \"greet Ada\""
             ),
@@ -232,7 +232,7 @@ mod tests {
                 "x-y",
                 kind,
                 &dir.path().join(sub),
-                &PluginApiSource::Version("1.1".into()),
+                &PluginApiSource::Version("2.0".into()),
             )
             .unwrap();
             for f in files {

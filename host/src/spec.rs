@@ -8,6 +8,8 @@
 //! Values the host resolved (a fetched model's path) come in as a [`HostConfig`], never by
 //! changing the shared plugin.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -49,6 +51,10 @@ pub struct TaskSpec {
     /// Tool plugin ids, each offered once.
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Overrides of tools' configs, by tool id (each a JSON object, for a tool in `tools`),
+    /// limited by the [`Policy`] exactly as `config` is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tool_config: BTreeMap<String, Value>,
     /// The JSON Schema the answer must satisfy.
     #[serde(default)]
     pub output_schema: Option<Value>,
@@ -192,12 +198,18 @@ impl TaskSpec {
             .iter()
             .map(|id| find(registry, id, Kind::Tool, "tools"))
             .collect::<Result<Vec<_>, _>>()?;
+        for p in &tools {
+            if let Some(c) = self.tool_config.get(p.id()) {
+                check_overrides(policy, p, c).map_err(|e| e.under("tool_config", p.id()))?;
+            }
+        }
         let driver = host
             .new_driver(plugin, self.config.as_ref())
             .map_err(SpecError::DriverConfig)?;
         let mut task = PromptTask::new(driver, self.input.clone()).stream(self.stream);
         for p in tools {
-            task = task.tool(p.new_tool(None).map_err(SpecError::Tool)?);
+            let overrides = self.tool_config.get(p.id());
+            task = task.tool(p.new_tool(overrides).map_err(SpecError::Tool)?);
         }
         if let Some((s, validator)) = schema {
             task = task.output_schema_compiled(s, validator);
@@ -250,6 +262,20 @@ impl TaskSpec {
                 return Err(invalid("tools", &format!("`{id}` is listed twice")));
             }
         }
+        for (id, c) in &self.tool_config {
+            if !self.tools.contains(id) {
+                return Err(invalid(
+                    "tool_config",
+                    &format!("`{id}` is not one of the task's `tools`"),
+                ));
+            }
+            if !c.is_object() {
+                return Err(invalid(
+                    &format!("tool_config.{id}"),
+                    "must be an object of tool config overrides",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -270,6 +296,22 @@ impl TaskSpec {
             PathChoice::Sync => false,
             PathChoice::Async => true,
         })
+    }
+}
+
+impl SpecError {
+    /// The same error, its field moved under `outer.id` (`config.x` -> `tool_config.<id>.x`).
+    fn under(self, outer: &str, id: &str) -> SpecError {
+        match self {
+            SpecError::Invalid { field, message } => SpecError::Invalid {
+                field: format!(
+                    "{outer}.{id}.{}",
+                    field.strip_prefix("config.").unwrap_or(&field)
+                ),
+                message,
+            },
+            other => other,
+        }
     }
 }
 

@@ -102,8 +102,8 @@ pub mod prelude {
     };
     pub use crate::serde_json;
     pub use crate::wire::{
-        Event, EventKind, FunctionSpec, Message, PromptRequest, PromptResponse, Role,
-        StreamDelta, ToolCall, ToolInvocation, ToolOutput, ToolSpec, Usage,
+        Event, EventKind, FunctionSpec, Message, PromptRequest, PromptResponse, Role, StreamDelta,
+        ToolCall, ToolInvocation, ToolOutput, ToolSpec, Usage,
     };
 }
 

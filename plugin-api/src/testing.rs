@@ -59,11 +59,11 @@ use crate::abi::{
     ToolBox, UnitResult,
 };
 use crate::sdk::ffi;
+use crate::validation::{self, Validator};
 use crate::wire::{
     Event, EventKind, Message, PromptRequest, PromptResponse, StreamDelta, ToolInvocation,
     ToolOutput, ToolSpec,
 };
-use crate::validation::{self, Validator};
 use crate::{ErrorKind, EventListenerDriver, PluginError, PromptDriver, RawTool, Tool};
 
 /// Runs a future to completion on the current thread (the plugin's async code still runs in

@@ -260,7 +260,13 @@ impl Plugin {
 
     /// Whether it provides `kind` at all.
     pub fn is(&self, kind: Kind) -> bool {
-        self.inner.manifest.kinds.contains(&kind)
+        self.kinds().contains(&kind)
+    }
+
+    /// The kinds it provides, as its library reports them (the manifest agrees; checked at
+    /// load).
+    pub fn kinds(&self) -> Vec<Kind> {
+        crate::capability::kinds_of(self.capabilities())
     }
 
     fn config_json(&self, overrides: Option<&serde_json::Value>) -> String {
@@ -279,10 +285,7 @@ impl Plugin {
                 self.id(),
                 op,
                 ErrorKind::Unsupported,
-                format!(
-                    "is not a {kind} (its kinds: {:?})",
-                    self.inner.manifest.kinds
-                ),
+                format!("is not a {kind} (its kinds: {:?})", self.kinds()),
             ))
         }
     }

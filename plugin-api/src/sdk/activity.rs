@@ -250,7 +250,12 @@ impl<T: Send + Sync + 'static> Activities<T> {
     /// Registers a quick activity: on the async path it runs inline, so it must not block
     /// (parse, compute, format). Blocking work belongs in [`Activities::add_blocking`].
     pub fn add<A: Activity<T>>(&mut self) -> &mut Self {
-        self.push::<A>(A::NAME, A::DESCRIPTION, run_sync::<T, A>, run_inline::<T, A>)
+        self.push::<A>(
+            A::NAME,
+            A::DESCRIPTION,
+            run_sync::<T, A>,
+            run_inline::<T, A>,
+        )
     }
 
     /// Registers an activity that blocks (files, processes, a blocking client): on the async
@@ -288,14 +293,19 @@ fn input_schema<A: JsonSchema>() -> Result<(Value, String), String> {
         s.inline_subschemas = true;
         s.meta_schema = None;
     });
-    let mut schema = settings.into_generator().into_root_schema_for::<A>().to_value();
+    let mut schema = settings
+        .into_generator()
+        .into_root_schema_for::<A>()
+        .to_value();
     let Some(object) = schema.as_object_mut() else {
         return Err("its input schema is not an object".to_owned());
     };
     if object.get("type").and_then(Value::as_str) != Some("object") {
         return Err(format!(
             "its input must be a struct with named fields (a JSON object), not {}",
-            object.get("type").map_or("an untyped value".into(), Value::to_string)
+            object
+                .get("type")
+                .map_or("an untyped value".into(), Value::to_string)
         ));
     }
     object.remove("title");
@@ -338,11 +348,7 @@ impl<T: Tool> Table<T> {
                 )));
             }
             let schema = e.schema.clone().map_err(|why| {
-                PluginError::internal(format!(
-                    "tool `{}`, activity `{}`: {why}",
-                    T::NAME,
-                    e.name
-                ))
+                PluginError::internal(format!("tool `{}`, activity `{}`: {why}", T::NAME, e.name))
             })?;
             spec = spec.activity(e.name, e.description.clone(), schema);
         }

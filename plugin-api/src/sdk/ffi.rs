@@ -20,12 +20,12 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::activity::Table;
 use super::panic::install_panic_hook;
 pub use super::panic::panic_message;
-use super::activity::Table;
 use super::{
-    DeltaStream, ErrorKind, EventListenerDriver, PluginError, PromptDriver, RawTool, Tool,
-    logging, runtime,
+    DeltaStream, ErrorKind, EventListenerDriver, PluginError, PromptDriver, RawTool, Tool, logging,
+    runtime,
 };
 use crate::abi::{
     ABI_GENERATION_V1, Capabilities, DeltaStreamBox, DeltaStreamFfi, DeltaStreamFfi_TO,

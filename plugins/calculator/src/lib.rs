@@ -74,8 +74,15 @@ mod tests {
         let tool = testing::tool::<Calculator>(json!(null)).unwrap();
         let spec = tool.spec().unwrap();
         let description = &spec.activities[0].description;
-        for name in FUNCTIONS.iter().map(|f| f.0).chain(CONSTANTS.iter().map(|c| c.0)) {
-            assert!(description.contains(name), "`{name}` is missing from {description}");
+        for name in FUNCTIONS
+            .iter()
+            .map(|f| f.0)
+            .chain(CONSTANTS.iter().map(|c| c.0))
+        {
+            assert!(
+                description.contains(name),
+                "`{name}` is missing from {description}"
+            );
         }
     }
 
@@ -86,7 +93,9 @@ mod tests {
         assert_eq!(params["properties"]["expression"]["maxLength"], MAX_LEN);
         assert_eq!(params["additionalProperties"], false);
         let too_long = "1+".repeat(MAX_LEN);
-        let e = tool.call("calculate", json!({"expression": too_long})).unwrap_err();
+        let e = tool
+            .call("calculate", json!({"expression": too_long}))
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
         let e = tool.call("calculate", json!({"expr": "1"})).unwrap_err();
         assert!(e.message.contains("expression"), "{e}");
@@ -95,9 +104,17 @@ mod tests {
     #[test]
     fn both_paths_answer_and_a_bad_expression_is_an_error_result() {
         let tool = testing::tool::<Calculator>(json!(null)).unwrap();
-        assert_eq!(tool.call("calculate", json!({"expression": "2**10"})).unwrap().content, "1024");
+        assert_eq!(
+            tool.call("calculate", json!({"expression": "2**10"}))
+                .unwrap()
+                .content,
+            "1024"
+        );
         let out = testing::block_on(tool.call_async("calculate", json!({"expression": "1/0"})));
         let out = out.unwrap();
-        assert!(out.is_error && out.content.contains("division by zero"), "{out:?}");
+        assert!(
+            out.is_error && out.content.contains("division by zero"),
+            "{out:?}"
+        );
     }
 }

@@ -85,7 +85,9 @@ impl Activity<DateTime> for Now {
 
     fn run(self, _: &DateTime) -> Result<ToolOutput, PluginError> {
         let tz = zone(self.timezone.as_deref());
-        Ok(output(tz.map(|tz| describe(&ZonedDateTime::now().with_time_zone(tz)))))
+        Ok(output(tz.map(|tz| {
+            describe(&ZonedDateTime::now().with_time_zone(tz))
+        })))
     }
 }
 
@@ -188,7 +190,11 @@ impl Activity<DateTime> for Parse {
                             .to_datetime()
                             .and_then(|dt| dt.to_zoned_datetime(tz.clone()))
                             .or_else(|_| tm.to_date().and_then(|d| d.to_zoned_datetime(tz.clone())))
-                            .map_err(|e| format!("`{text}` parsed with `{fmt}` is not a complete date-time: {e}"))?,
+                            .map_err(|e| {
+                                format!(
+                                    "`{text}` parsed with `{fmt}` is not a complete date-time: {e}"
+                                )
+                            })?,
                     }
                 }
             };

@@ -25,8 +25,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use plugin_api::prelude::*;
-use serde::Deserialize;
-use serde_json::{Value, json};
 
 /// Configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -294,47 +292,110 @@ impl FileManager {
         fs::remove_file(&path).map_err(|e| format!("cannot delete `{rel}`: {e}"))?;
         Ok(format!("deleted {}", self.shown(&path)))
     }
+}
 
-    fn run(&self, call: &ToolInvocation) -> R<String> {
-        let s = |name: &str| {
-            call.input
-                .get(name)
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("`{name}` must be a string"))
-        };
-        match call.activity.as_str() {
-            "list" => self.list(
-                call.input
-                    .get("path")
-                    .and_then(Value::as_str)
-                    .unwrap_or("."),
-            ),
-            "read" => self.read(s("path")?),
-            "write" => self.write(s("path")?, s("content")?),
-            "append" => self.append(s("path")?, s("content")?),
-            "delete" => self.delete(s("path")?),
-            other => Err(format!(
-                "unknown activity `{other}`; use list, read, write, append or delete"
-            )),
-        }
-    }
+/// A result for the model: what was done, or what went wrong as an error result it can act on.
+fn output(result: R<String>) -> Result<ToolOutput, PluginError> {
+    Ok(match result {
+        Ok(v) => ToolOutput::ok(v),
+        Err(e) => ToolOutput::error(e),
+    })
+}
 
-    fn output(&self, call: &ToolInvocation) -> ToolOutput {
-        match self.run(call) {
-            Ok(v) => ToolOutput::ok(v),
-            Err(e) => ToolOutput::error(e),
-        }
+/// Lists a directory (default: the root).
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct List {
+    /// Relative to the root directory
+    pub path: Option<String>,
+}
+
+impl Activity<FileManager> for List {
+    const NAME: &'static str = "list";
+    type Output = ToolOutput;
+
+    fn run(self, fm: &FileManager) -> Result<ToolOutput, PluginError> {
+        output(fm.list(self.path.as_deref().unwrap_or(".")))
     }
 }
 
-fn schema(props: Value, required: &[&str]) -> Value {
-    json!({"type": "object", "properties": props, "required": required, "additionalProperties": false})
+/// Reads a UTF-8 text file.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadFile {
+    /// Relative to the root directory
+    pub path: String,
+}
+
+impl Activity<FileManager> for ReadFile {
+    const NAME: &'static str = "read";
+    type Output = ToolOutput;
+
+    fn run(self, fm: &FileManager) -> Result<ToolOutput, PluginError> {
+        output(fm.read(&self.path))
+    }
+}
+
+/// Creates or replaces a file, atomically.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFile {
+    /// Relative to the root directory
+    pub path: String,
+    /// The whole new content (at most `max_write_bytes`)
+    pub content: String,
+}
+
+impl Activity<FileManager> for WriteFile {
+    const NAME: &'static str = "write";
+    type Output = ToolOutput;
+
+    fn run(self, fm: &FileManager) -> Result<ToolOutput, PluginError> {
+        output(fm.write(&self.path, &self.content))
+    }
+}
+
+/// Appends text to a file, creating it if needed.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Append {
+    /// Relative to the root directory
+    pub path: String,
+    /// The text to add at the end
+    pub content: String,
+}
+
+impl Activity<FileManager> for Append {
+    const NAME: &'static str = "append";
+    type Output = ToolOutput;
+
+    fn run(self, fm: &FileManager) -> Result<ToolOutput, PluginError> {
+        output(fm.append(&self.path, &self.content))
+    }
+}
+
+/// Deletes a file.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Delete {
+    /// Relative to the root directory
+    pub path: String,
+}
+
+impl Activity<FileManager> for Delete {
+    const NAME: &'static str = "delete";
+    type Output = ToolOutput;
+
+    fn run(self, fm: &FileManager) -> Result<ToolOutput, PluginError> {
+        output(fm.delete(&self.path))
+    }
 }
 
 impl Tool for FileManager {
     type Config = Config;
-    const SYNC: bool = true;
-    const ASYNC: bool = true;
+    const NAME: &'static str = "FileManager";
+    const DESCRIPTION: &'static str =
+        "Lists, reads, writes, appends to and deletes files in a sandboxed directory";
 
     fn new(config: Config) -> Result<Self, PluginError> {
         fs::create_dir_all(&config.root).map_err(|e| {
@@ -358,61 +419,18 @@ impl Tool for FileManager {
         Ok(Self { root, config })
     }
 
-    fn spec(&self) -> ToolSpec {
-        let path = json!({"type": "string", "description": "Relative to the root directory"});
-        let content = json!({"type": "string", "maxLength": self.config.max_write_bytes});
-        ToolSpec::new(
-            "FileManager",
-            "Lists, reads, writes, appends to and deletes files in a sandboxed directory",
-        )
-        .activity(
-            "list",
-            "Lists a directory (default: the root)",
-            schema(json!({"path": path}), &[]),
-        )
-        .activity(
-            "read",
-            "Reads a UTF-8 text file",
-            schema(json!({"path": path}), &["path"]),
-        )
-        .activity(
-            "write",
-            "Creates or replaces a file, atomically",
-            schema(
-                json!({"path": path, "content": content}),
-                &["path", "content"],
-            ),
-        )
-        .activity(
-            "append",
-            "Appends text to a file, creating it if needed",
-            schema(
-                json!({"path": path, "content": content}),
-                &["path", "content"],
-            ),
-        )
-        .activity(
-            "delete",
-            "Deletes a file",
-            schema(json!({"path": path}), &["path"]),
-        )
-    }
-
-    fn call(&self, call: ToolInvocation) -> Result<ToolOutput, PluginError> {
-        Ok(self.output(&call))
-    }
-
-    async fn call_async(&self, call: ToolInvocation) -> Result<ToolOutput, PluginError> {
-        let this = Self {
-            root: self.root.clone(),
-            config: self.config.clone(),
-        };
-        spawn_blocking(move || this.output(&call)).await
+    fn activities(set: &mut Activities<Self>) {
+        // Every activity touches the disk: on the async path they run on a blocking thread.
+        set.add_blocking::<List>()
+            .add_blocking::<ReadFile>()
+            .add_blocking::<WriteFile>()
+            .add_blocking::<Append>()
+            .add_blocking::<Delete>();
     }
 }
 
 plugin_api::export_plugin! {
+    tool: FileManager,
     id: "file-manager",
     description: "Files under one root directory: list, read, write (atomic), append, delete",
-    tool: FileManager,
 }

@@ -88,7 +88,10 @@ mod tests {
         let tool = testing::tool::<TextTools>(json!(null)).unwrap();
         let spec = tool.spec().unwrap();
         assert_eq!(spec.activities.len(), 3);
-        assert_eq!(spec.activities[0].description, "Counts the words of a text.");
+        assert_eq!(
+            spec.activities[0].description,
+            "Counts the words of a text."
+        );
         let out = tool.call("word_count", json!({"text": "a b c"})).unwrap();
         assert_eq!((out.content.as_str(), out.is_error), ("3", false));
         let out = testing::block_on(tool.call_async("reverse", json!({"text": "abc"}))).unwrap();
@@ -100,11 +103,17 @@ mod tests {
         let tool = testing::tool::<TextTools>(json!(null)).unwrap();
         let e = tool.call("uppercase", json!({"text": 5})).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
-        assert!(e.message.contains("invalid arguments for `uppercase`: at `/text`"), "{e}");
+        assert!(
+            e.message
+                .contains("invalid arguments for `uppercase`: at `/text`"),
+            "{e}"
+        );
         let e = tool.call("nope", json!({"text": "x"})).unwrap_err();
         assert!(e.message.contains("no activity `nope`"), "{e}");
         // Past the host's check, the SDK's own decoding still refuses it.
-        let e = tool.call_unchecked("uppercase", json!({"text": 5})).unwrap_err();
+        let e = tool
+            .call_unchecked("uppercase", json!({"text": 5}))
+            .unwrap_err();
         assert!(e.message.contains("input of `uppercase`"), "{e}");
     }
 }
