@@ -232,7 +232,7 @@ mod tests {
                 "x-y",
                 kind,
                 &dir.path().join(sub),
-                &PluginApiSource::Version("2.0".into()),
+                &PluginApiSource::Version("1.3".into()),
             )
             .unwrap();
             for f in files {

@@ -40,7 +40,7 @@
 //!     }
 //! }
 //!
-//! impl Tool for Shout {
+//! impl TypedTool for Shout {
 //!     type Config = NoConfig;
 //!     const NAME: &'static str = "Shout";
 //!     const DESCRIPTION: &'static str = "Upper-cases text";
@@ -83,7 +83,7 @@ pub use tracing;
 
 pub use sdk::{
     Activities, Activity, AsyncActivity, DeltaStream, ErrorKind, EventListenerDriver,
-    IntoToolOutput, Json, NoConfig, PluginError, PromptDriver, RawTool, Tool, block_on,
+    IntoToolOutput, Json, NoConfig, PluginError, PromptDriver, Tool, TypedTool, block_on,
     spawn_blocking,
 };
 
@@ -97,7 +97,7 @@ pub mod prelude {
 
     pub use crate::sdk::{
         Activities, Activity, AsyncActivity, DeltaStream, ErrorKind, EventListenerDriver,
-        IntoToolOutput, Json, NoConfig, PluginError, PromptDriver, RawTool, Tool, block_on,
+        IntoToolOutput, Json, NoConfig, PluginError, PromptDriver, Tool, TypedTool, block_on,
         spawn_blocking,
     };
     pub use crate::serde_json;
@@ -154,7 +154,7 @@ impl wire::ToolSpec {
 /// #     type Output = String;
 /// #     fn run(self, _: &MyTool) -> Result<String, PluginError> { Ok("pong".into()) }
 /// # }
-/// # impl Tool for MyTool {
+/// # impl TypedTool for MyTool {
 /// #     type Config = NoConfig;
 /// #     const NAME: &'static str = "MyTool";
 /// #     const DESCRIPTION: &'static str = "";
@@ -169,7 +169,7 @@ impl wire::ToolSpec {
 /// # }
 /// plugin_api::export_plugin! {
 ///     driver: MyDriver,              // optional, implements PromptDriver
-///     tool: MyTool,                  // optional, implements Tool (or `raw_tool:` a RawTool)
+///     tool: MyTool,                  // optional, implements TypedTool (or the wire-level Tool)
 ///     listener: MyListener,          // optional, implements EventListenerDriver
 ///     id: "my-plugin",               // optional, default: the crate's name
 ///     description: "What it does",   // optional, default: the crate's description
@@ -190,7 +190,7 @@ macro_rules! export_plugin {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_plugin {
-    // Accumulators, in order: [id] [description] [driver] [tool] [raw_tool] [listener].
+    // Accumulators, in order: [id] [description] [driver] [tool] [unused] [listener].
     (@parse [$($id:tt)+] $d:tt $dr:tt $t:tt $rt:tt $l:tt id: $($rest:tt)*) => {
         compile_error!("export_plugin!: `id` is given twice");
     };
@@ -215,45 +215,36 @@ macro_rules! __export_plugin {
     (@parse $id:tt $d:tt $dr:tt [] $rt:tt $l:tt tool: $v:ty $(, $($rest:tt)*)?) => {
         $crate::__export_plugin! { @parse $id $d $dr [$v] $rt $l $($($rest)*)? }
     };
-    (@parse $id:tt $d:tt $dr:tt $t:tt [$($rt:tt)+] $l:tt raw_tool: $($rest:tt)*) => {
-        compile_error!("export_plugin!: `raw_tool` is given twice");
-    };
-    (@parse $id:tt $d:tt $dr:tt $t:tt [] $l:tt raw_tool: $v:ty $(, $($rest:tt)*)?) => {
-        $crate::__export_plugin! { @parse $id $d $dr $t [$v] $l $($($rest)*)? }
-    };
     (@parse $id:tt $d:tt $dr:tt $t:tt $rt:tt [$($l:tt)+] listener: $($rest:tt)*) => {
         compile_error!("export_plugin!: `listener` is given twice");
     };
     (@parse $id:tt $d:tt $dr:tt $t:tt $rt:tt [] listener: $v:ty $(, $($rest:tt)*)?) => {
         $crate::__export_plugin! { @parse $id $d $dr $t $rt [$v] $($($rest)*)? }
     };
-    (@parse $id:tt $d:tt $dr:tt [$($t:tt)+] [$($rt:tt)+] $l:tt) => {
-        compile_error!("export_plugin!: a plugin has one tool: give `tool` or `raw_tool`, not both");
-    };
     (@parse $id:tt $d:tt [] [] [] []) => {
-        compile_error!("export_plugin!: name at least one of `driver`, `tool`, `raw_tool`, `listener`");
+        compile_error!("export_plugin!: name at least one of `driver`, `tool`, `listener`");
     };
-    (@parse [$($id:expr)?] [$($desc:expr)?] [$($driver:ty)?] [$($tool:ty)?] [$($raw:ty)?] [$($listener:ty)?]) => {
+    (@parse [$($id:expr)?] [$($desc:expr)?] [$($driver:ty)?] [$($tool:ty)?] [] [$($listener:ty)?]) => {
         $crate::__export_plugin! {
             @emit
             [$crate::__or_default!([$($id)?] env!("CARGO_PKG_NAME"))]
             [$crate::__or_default!([$($desc)?] env!("CARGO_PKG_DESCRIPTION"))]
             driver [$($driver)?]
-            tool [$(new_tool tool_caps $tool)? $(new_raw_tool raw_tool_caps $raw)?]
+            tool [$($tool)?]
             listener [$($listener)?]
         }
     };
     (@parse $id:tt $d:tt $dr:tt $t:tt $rt:tt $l:tt $key:ident : $($rest:tt)*) => {
         compile_error!(concat!(
             "export_plugin!: unknown key `", stringify!($key),
-            "` (the keys are id, description, driver, tool, raw_tool, listener)"
+            "` (the keys are id, description, driver, tool, listener)"
         ));
     };
     (@emit
         [$id:expr]
         [$desc:expr]
         driver [$($driver:ty)?]
-        tool [$($new_tool:ident $tool_caps:ident $tool:ty)?]
+        tool [$($tool:ty)?]
         listener [$($listener:ty)?]
     ) => {
         const _: () = {
@@ -265,7 +256,10 @@ macro_rules! __export_plugin {
                     cfg!(panic = "unwind"),
                     $crate::abi::Capabilities::NONE
                         $(.union($crate::sdk::ffi::driver_caps::<$driver>()))?
-                        $(.union($crate::sdk::ffi::$tool_caps::<$tool>()))?
+                        $(.union({
+                            use $crate::sdk::ffi::{ProbeTyped as _, ProbeWire as _};
+                            (&$crate::sdk::ffi::ToolProbe::<$tool>::new()).tool_caps()
+                        }))?
                         $(.union($crate::sdk::ffi::listener_caps::<$listener>()))?,
                 )
             }
@@ -289,7 +283,10 @@ macro_rules! __export_plugin {
             extern "C" fn __grip_new_tool(
                 config: $crate::abi_stable::std_types::RStr<'_>,
             ) -> $crate::abi_stable::std_types::RResult<$crate::abi::ToolBox, $crate::abi::PluginErrorFfi> {
-                $(return $crate::sdk::ffi::$new_tool::<$tool>(config);)?
+                $(return {
+                    use $crate::sdk::ffi::{ProbeTyped as _, ProbeWire as _};
+                    (&$crate::sdk::ffi::ToolProbe::<$tool>::new()).new_tool(config)
+                };)?
                 let _ = config;
                 $crate::sdk::ffi::absent_kind("tool")
             }

@@ -11,7 +11,7 @@
 //!
 //! ```toml
 //! [dev-dependencies]
-//! plugin-api = { version = "2", features = ["testing"] }
+//! plugin-api = { version = "1.3", features = ["testing"] }
 //! ```
 //!
 //! ```
@@ -64,7 +64,7 @@ use crate::wire::{
     Event, EventKind, Message, PromptRequest, PromptResponse, StreamDelta, ToolInvocation,
     ToolOutput, ToolSpec,
 };
-use crate::{ErrorKind, EventListenerDriver, PluginError, PromptDriver, RawTool, Tool};
+use crate::{ErrorKind, EventListenerDriver, PluginError, PromptDriver, Tool, TypedTool};
 
 /// Runs a future to completion on the current thread (the plugin's async code still runs in
 /// the plugin's own runtime, entered on every poll, as under the host).
@@ -285,25 +285,25 @@ impl Stream for TestStream {
     }
 }
 
-/// Makes tool `T` from its config (JSON; `null` for none).
+/// Makes typed tool `T` from its config (JSON; `null` for none).
 ///
 /// # Errors
 /// A config that does not deserialize, the tool's own `new` error, or an activity whose
 /// schema does not compile.
+pub fn typed_tool<T: TypedTool>(config: serde_json::Value) -> Result<TestTool<T>, PluginError> {
+    let json = config_json(&config);
+    let (instance, inner) = result(ffi::new_typed_tool_parts::<T>(json.as_str().into()))?;
+    TestTool::new(instance, inner, ffi::typed_tool_caps::<T>())
+}
+
+/// Makes wire-level tool `T` from its config (JSON; `null` for none).
+///
+/// # Errors
+/// As [`typed_tool`].
 pub fn tool<T: Tool>(config: serde_json::Value) -> Result<TestTool<T>, PluginError> {
     let json = config_json(&config);
     let (instance, inner) = result(ffi::new_tool_parts::<T>(json.as_str().into()))?;
     TestTool::new(instance, inner, ffi::tool_caps::<T>())
-}
-
-/// Makes raw tool `T` from its config (JSON; `null` for none).
-///
-/// # Errors
-/// As [`tool`].
-pub fn raw_tool<T: RawTool>(config: serde_json::Value) -> Result<TestTool<T>, PluginError> {
-    let json = config_json(&config);
-    let (instance, inner) = result(ffi::new_raw_tool_parts::<T>(json.as_str().into()))?;
-    TestTool::new(instance, inner, ffi::raw_tool_caps::<T>())
 }
 
 fn invocation(activity: &str, input: serde_json::Value) -> ToolInvocation {

@@ -39,6 +39,19 @@ impl Artifacts {
             .join(format!("grip{}", std::env::consts::EXE_SUFFIX))
     }
 
+    /// A command running `grip` that finds the built plugins, with a user config directory of
+    /// this test process's own (so directories registered on the machine running the tests
+    /// never leak in, and `grip plugins add` in a test never writes to the real one).
+    pub fn grip_command(&self) -> std::process::Command {
+        static CONFIG: OnceLock<tempfile::TempDir> = OnceLock::new();
+        let config = CONFIG.get_or_init(|| tempfile::tempdir().expect("temp config dir"));
+        let mut cmd = std::process::Command::new(self.grip());
+        cmd.env("GRIP_LIB_PATH", &self.lib_dir)
+            .env("GRIP_CONFIG_DIR", config.path())
+            .env_remove("GRIP_NO_DEFAULT_MANIFESTS");
+        cmd
+    }
+
     /// Loader options that find the built plugins.
     pub fn options(&self) -> LoaderOptions {
         LoaderOptions {

@@ -758,7 +758,8 @@ fn the_key_never_reaches_the_logs_even_at_trace_level() {
         "http": {"retry": {"initial_backoff_ms": 5}}});
     // One overloaded answer first, so the retry path logs too.
     mock.push([anthropic::error(529, "overloaded_error", "Overloaded")]);
-    let out = std::process::Command::new(a.grip())
+    let out = a
+        .grip_command()
         .args(["run", "--driver", "anthropic", "--manifests"])
         .arg(a.root.join("manifests"))
         .args([

@@ -56,7 +56,8 @@ fn cargo_in(dir: &Path, target: &Path, args: &[&str]) -> Output {
 }
 
 fn grip(args: &[&str]) -> Output {
-    Command::new(artifacts().grip())
+    artifacts()
+        .grip_command()
         .args(args)
         .env("GRIP_LOG", "warn")
         .output()

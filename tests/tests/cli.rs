@@ -6,10 +6,9 @@ use e2e::{ManifestSpec, artifacts, scripted};
 
 fn grip(args: &[&str]) -> Output {
     let a = artifacts();
-    Command::new(a.grip())
+    a.grip_command()
         .args(args)
         .current_dir(&a.root)
-        .env("GRIP_LIB_PATH", &a.lib_dir)
         .output()
         .expect("run grip")
 }
@@ -244,7 +243,8 @@ fn the_console_marks_the_text_of_a_restarted_stream_as_void() {
 #[test]
 fn a_failed_run_prints_its_error_once_and_logs_are_plain_text_with_the_task_id() {
     let a = artifacts();
-    let out = Command::new(a.grip())
+    let out = a
+        .grip_command()
         .args([
             "run",
             "--driver",
@@ -254,7 +254,6 @@ fn a_failed_run_prints_its_error_once_and_logs_are_plain_text_with_the_task_id()
             "x",
         ])
         .current_dir(&a.root)
-        .env("GRIP_LIB_PATH", &a.lib_dir)
         .env("GRIP_LOG", "debug")
         .output()
         .expect("run grip");
@@ -295,12 +294,12 @@ fn isolation_process_runs_every_plugin_in_a_child_whose_logs_reach_the_host() {
     assert!(text.contains("ISOLATION"), "{text}");
     assert!(text.contains("process pid "), "{text}");
 
-    let out = Command::new(a.grip())
+    let out = a
+        .grip_command()
         .args(["run", "--isolation", "process", "--manifests", manifests])
         .args(["--driver", "panicky", "--path", "sync", "--no-stream"])
         .args(["--config", r#"{"on_word": true}"#, "hello"])
         .current_dir(&a.root)
-        .env("GRIP_LIB_PATH", &a.lib_dir)
         .env("GRIP_LOG", "info")
         .output()
         .expect("run grip");

@@ -138,6 +138,13 @@ async fn a_request_cannot_send_the_daemons_secrets_or_pick_its_files() {
             json!({"driver": "local", "config": {"n_ctx": 65536}}),
             "config.n_ctx",
         ),
+        // A tool's config is the operator's as much as a driver's: no request may move the
+        // file manager's root to the host's files.
+        (
+            json!({"driver": "scripted", "tools": ["file-manager"],
+                   "tool_config": {"file-manager": {"root": "/"}}}),
+            "tool_config.file-manager.root",
+        ),
     ];
     for (mut body, key) in attacks {
         body["input"] = json!("hi");

@@ -136,8 +136,12 @@ async fn a_prompt_task_uses_the_calculator_through_the_scripted_driver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datetime_handles_zones_arithmetic_parsing_and_formatting() {
     let t = tool("datetime", None);
+    // Results are structured: the model reads the JSON text, the host gets the value.
     let v = |o: &ToolOutput| -> Value {
-        serde_json::from_str(&o.content).unwrap_or_else(|_| panic!("{}", o.content))
+        let text: Value =
+            serde_json::from_str(&o.content).unwrap_or_else(|_| panic!("{}", o.content));
+        assert_eq!(o.structured.as_ref(), Some(&text), "{o:?}");
+        text
     };
 
     let now = call(&t, "now", json!({"timezone": "Asia/Tokyo"})).await;

@@ -3,7 +3,7 @@
 //! The input type derives `Deserialize` and `JsonSchema`; its JSON Schema (and, from its doc
 //! comment, its description) is what the model is offered, and the SDK deserialises the model's
 //! arguments into it before the activity runs. A tool lists its activities once, by type, in
-//! [`Tool::activities`]: there is no name to match and no schema to write by hand.
+//! [`TypedTool::activities`]: there is no name to match and no schema to write by hand.
 //!
 //! How an activity is registered says how it runs on each path:
 //!
@@ -52,7 +52,7 @@ use crate::wire::{self, ToolOutput, ToolSpec};
 ///     }
 /// }
 ///
-/// impl Tool for Shout {
+/// impl TypedTool for Shout {
 ///     type Config = NoConfig;
 ///     const NAME: &'static str = "Shout";
 ///     const DESCRIPTION: &'static str = "Upper-cases text";
@@ -67,7 +67,7 @@ use crate::wire::{self, ToolOutput, ToolSpec};
 /// }
 /// # fn main() {}
 /// ```
-pub trait Tool: Sized + Send + Sync + 'static {
+pub trait TypedTool: Sized + Send + Sync + 'static {
     /// Typed configuration, from the manifest's `[config]`; use [`NoConfig`](super::NoConfig)
     /// for none.
     type Config: DeserializeOwned;
@@ -88,6 +88,10 @@ pub trait Tool: Sized + Send + Sync + 'static {
 }
 
 /// An activity that runs on the calling thread. Its fields are its input.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is registered as a sync activity of `{T}` but does not implement `Activity<{T}>`",
+    note = "implement `Activity<{T}>` (a sync `run`), or register an `AsyncActivity` with `add_async`"
+)]
 pub trait Activity<T>: DeserializeOwned + JsonSchema + Send + 'static {
     /// The activity's name (`calculate`).
     const NAME: &'static str;
@@ -106,6 +110,10 @@ pub trait Activity<T>: DeserializeOwned + JsonSchema + Send + 'static {
 
 /// An activity that runs as a future, in the plugin's runtime (timers, sockets and reqwest
 /// work). Its fields are its input.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is registered as an async activity of `{T}` but does not implement `AsyncActivity<{T}>`",
+    note = "implement `AsyncActivity<{T}>` (an async `run`), or register an `Activity` with `add` or `add_blocking`"
+)]
 pub trait AsyncActivity<T>: DeserializeOwned + JsonSchema + Send + 'static {
     /// The activity's name.
     const NAME: &'static str;
@@ -169,7 +177,7 @@ struct Entry<T> {
     asynchronous: AsyncFn<T>,
 }
 
-/// The activities of tool `T`, registered by type in [`Tool::activities`].
+/// The activities of tool `T`, registered by type in [`TypedTool::activities`].
 pub struct Activities<T> {
     entries: Vec<Entry<T>>,
 }
@@ -325,7 +333,7 @@ pub(crate) struct Table<T> {
     entries: Vec<Entry<T>>,
 }
 
-impl<T: Tool> Table<T> {
+impl<T: TypedTool> Table<T> {
     /// Builds and checks `T`'s activities.
     pub(crate) fn build() -> Result<Self, PluginError> {
         let mut set = Activities {

@@ -24,8 +24,8 @@ use super::activity::Table;
 use super::panic::install_panic_hook;
 pub use super::panic::panic_message;
 use super::{
-    DeltaStream, ErrorKind, EventListenerDriver, PluginError, PromptDriver, RawTool, Tool, logging,
-    runtime,
+    DeltaStream, ErrorKind, EventListenerDriver, PluginError, PromptDriver, Tool, TypedTool,
+    logging, runtime,
 };
 use crate::abi::{
     ABI_GENERATION_V1, Capabilities, DeltaStreamBox, DeltaStreamFfi, DeltaStreamFfi_TO,
@@ -171,14 +171,64 @@ pub fn driver_caps<D: PromptDriver>() -> Capabilities {
     caps(Capabilities::DRIVER_SHIFT, D::SYNC, D::ASYNC, D::STREAM)
 }
 
-/// Capabilities declared by a raw tool type.
-pub fn raw_tool_caps<T: RawTool>() -> Capabilities {
+/// Capabilities declared by a wire-level tool type.
+pub fn tool_caps<T: Tool>() -> Capabilities {
     caps(Capabilities::TOOL_SHIFT, T::SYNC, T::ASYNC, false)
 }
 
 /// Capabilities of a typed tool: both paths, always (see [`crate::sdk::activity`]).
-pub fn tool_caps<T: Tool>() -> Capabilities {
+pub fn typed_tool_caps<T: TypedTool>() -> Capabilities {
     caps(Capabilities::TOOL_SHIFT, true, true, false)
+}
+
+/// Picks the adapter of a `tool:` type where [`crate::export_plugin!`] expands, with the type
+/// concrete: [`TypedTool`] when it is one, else [`Tool`]. Method lookup tries `ProbeTyped`
+/// (implemented for the probe itself) before `ProbeWire` (for a reference to it), so one key
+/// takes both kinds of tool.
+pub struct ToolProbe<T>(std::marker::PhantomData<T>);
+
+impl<T> ToolProbe<T> {
+    /// The probe for `T`.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+/// The typed-tool side of [`ToolProbe`].
+pub trait ProbeTyped {
+    /// Makes the tool.
+    fn new_tool(&self, config: RStr<'_>) -> RResult<ToolBox, PluginErrorFfi>;
+    /// Its capabilities.
+    fn tool_caps(&self) -> Capabilities;
+}
+
+impl<T: TypedTool> ProbeTyped for ToolProbe<T> {
+    fn new_tool(&self, config: RStr<'_>) -> RResult<ToolBox, PluginErrorFfi> {
+        new_typed_tool::<T>(config)
+    }
+
+    fn tool_caps(&self) -> Capabilities {
+        typed_tool_caps::<T>()
+    }
+}
+
+/// The wire-level side of [`ToolProbe`].
+pub trait ProbeWire {
+    /// Makes the tool.
+    fn new_tool(&self, config: RStr<'_>) -> RResult<ToolBox, PluginErrorFfi>;
+    /// Its capabilities.
+    fn tool_caps(&self) -> Capabilities;
+}
+
+impl<T: Tool> ProbeWire for &ToolProbe<T> {
+    fn new_tool(&self, config: RStr<'_>) -> RResult<ToolBox, PluginErrorFfi> {
+        new_tool::<T>(config)
+    }
+
+    fn tool_caps(&self) -> Capabilities {
+        tool_caps::<T>()
+    }
 }
 
 /// Capabilities declared by a listener type.
@@ -295,7 +345,7 @@ pub fn new_driver<D: PromptDriver>(config: RStr<'_>) -> RResult<PromptDriverBox,
 
 struct ToolAdapter<T>(Arc<T>);
 
-impl<T: RawTool> ToolFfi for ToolAdapter<T> {
+impl<T: Tool> ToolFfi for ToolAdapter<T> {
     fn spec(&self) -> JsonResult {
         guard("spec", || encode("tool spec", &self.0.spec()))
     }
@@ -317,10 +367,8 @@ impl<T: RawTool> ToolFfi for ToolAdapter<T> {
     }
 }
 
-/// Makes a raw tool from its JSON config; also returns the instance (for the test harness).
-pub fn new_raw_tool_parts<T: RawTool>(
-    config: RStr<'_>,
-) -> RResult<(Arc<T>, ToolBox), PluginErrorFfi> {
+/// Makes a wire-level tool from its JSON config; also returns the instance (for the test harness).
+pub fn new_tool_parts<T: Tool>(config: RStr<'_>) -> RResult<(Arc<T>, ToolBox), PluginErrorFfi> {
     guard("new_tool", || {
         let tool = Arc::new(T::new(parse_config(config)?)?);
         let ffi = ToolFfi_TO::from_value(ToolAdapter(Arc::clone(&tool)), TD_Opaque);
@@ -328,9 +376,9 @@ pub fn new_raw_tool_parts<T: RawTool>(
     })
 }
 
-/// Makes a raw tool from its JSON config.
-pub fn new_raw_tool<T: RawTool>(config: RStr<'_>) -> RResult<ToolBox, PluginErrorFfi> {
-    new_raw_tool_parts::<T>(config).map(|(_, tool)| tool)
+/// Makes a wire-level tool from its JSON config.
+pub fn new_tool<T: Tool>(config: RStr<'_>) -> RResult<ToolBox, PluginErrorFfi> {
+    new_tool_parts::<T>(config).map(|(_, tool)| tool)
 }
 
 /// A typed tool with its checked activity table. The spec is encoded once: the host asks for
@@ -341,7 +389,7 @@ struct TypedToolAdapter<T> {
     spec: RString,
 }
 
-impl<T: Tool> ToolFfi for TypedToolAdapter<T> {
+impl<T: TypedTool> ToolFfi for TypedToolAdapter<T> {
     fn spec(&self) -> JsonResult {
         ROk(self.spec.clone())
     }
@@ -364,7 +412,9 @@ impl<T: Tool> ToolFfi for TypedToolAdapter<T> {
 }
 
 /// Makes a typed tool from its JSON config; also returns the instance (for the test harness).
-pub fn new_tool_parts<T: Tool>(config: RStr<'_>) -> RResult<(Arc<T>, ToolBox), PluginErrorFfi> {
+pub fn new_typed_tool_parts<T: TypedTool>(
+    config: RStr<'_>,
+) -> RResult<(Arc<T>, ToolBox), PluginErrorFfi> {
     guard("new_tool", || {
         let table = Table::<T>::build()?;
         let spec = encode("tool spec", table.spec())?;
@@ -379,8 +429,8 @@ pub fn new_tool_parts<T: Tool>(config: RStr<'_>) -> RResult<(Arc<T>, ToolBox), P
 }
 
 /// Makes a typed tool from its JSON config.
-pub fn new_tool<T: Tool>(config: RStr<'_>) -> RResult<ToolBox, PluginErrorFfi> {
-    new_tool_parts::<T>(config).map(|(_, tool)| tool)
+pub fn new_typed_tool<T: TypedTool>(config: RStr<'_>) -> RResult<ToolBox, PluginErrorFfi> {
+    new_typed_tool_parts::<T>(config).map(|(_, tool)| tool)
 }
 
 struct ListenerAdapter<L>(Arc<L>);

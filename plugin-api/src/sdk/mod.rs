@@ -1,18 +1,19 @@
 //! The safe API a plugin author implements.
 //!
-//! A plugin is a `cdylib` crate that implements one or more of [`PromptDriver`], [`Tool`] (made
-//! of typed [`activity`] types; [`RawTool`] for tools known only at run time) and
+//! A plugin is a `cdylib` crate that implements one or more of [`PromptDriver`], a tool (a
+//! [`TypedTool`] of typed [`activity`] types, or a wire-level [`Tool`] for tools whose activities
+//! are known only at run time) and
 //! [`EventListenerDriver`] and names them in [`export_plugin!`](crate::export_plugin). The macro
 //! generates the root module and every FFI adapter; the author never writes `extern`, `unsafe`
 //! or an abi_stable type.
 //!
 //! # Sync, async and stream
 //!
-//! A [`Tool`]'s modes follow from how each activity is registered (see [`activity`]): every
+//! A [`TypedTool`]'s modes follow from how each activity is registered (see [`activity`]): every
 //! typed tool runs on both paths, and registering an activity for a mode it does not implement
 //! is a compile error.
 //!
-//! Drivers, listeners and raw tools have a blocking method and an async twin (drivers also have
+//! Drivers, listeners and wire-level tools have a blocking method and an async twin (drivers also have
 //! a stream). Implement the ones you support and declare them with the `SYNC` / `ASYNC` /
 //! `STREAM` constants: the host reads the declaration (the manifest need not repeat it), and
 //! never calls a mode that is not declared. An undeclared mode keeps its default body, which
@@ -47,7 +48,7 @@ use crate::wire::{
     Event, PromptRequest, PromptResponse, StreamDelta, ToolInvocation, ToolOutput, ToolSpec,
 };
 
-pub use activity::{Activities, Activity, AsyncActivity, IntoToolOutput, Json, Tool};
+pub use activity::{Activities, Activity, AsyncActivity, IntoToolOutput, Json, TypedTool};
 pub use runtime::{block_on, spawn_blocking};
 
 /// The version of this crate (plugin-api), as reported by each plugin built with it.
@@ -342,18 +343,18 @@ pub trait PromptDriver: Sized + Send + Sync + 'static {
 }
 
 /// A tool written against the wire types: it describes its activities itself and dispatches
-/// on [`ToolInvocation::activity`]. Export it with `raw_tool:` in
+/// on [`ToolInvocation::activity`]. Export it with `tool:` in
 /// [`export_plugin!`](crate::export_plugin).
 ///
-/// Most tools are better written as a [`Tool`] of typed activities. This trait is for tools
+/// Most tools are better written as a [`TypedTool`] of typed activities. This trait is for tools
 /// whose activities are only known at run time (a proxy for another tool protocol, a tool
 /// generated from a config file) and for tests of the host.
-pub trait RawTool: Sized + Send + Sync + 'static {
+pub trait Tool: Sized + Send + Sync + 'static {
     /// Typed configuration; use [`NoConfig`] for none.
     type Config: DeserializeOwned;
-    /// Implements [`RawTool::call`].
+    /// Implements [`Tool::call`].
     const SYNC: bool = false;
-    /// Implements [`RawTool::call_async`].
+    /// Implements [`Tool::call_async`].
     const ASYNC: bool = false;
 
     /// Makes a tool from its configuration.

@@ -43,7 +43,7 @@ impl Activity<Calculator> for Calculate {
     }
 }
 
-impl Tool for Calculator {
+impl TypedTool for Calculator {
     type Config = NoConfig;
     const NAME: &'static str = "Calculator";
     const DESCRIPTION: &'static str =
@@ -71,7 +71,7 @@ mod tests {
 
     #[test]
     fn the_description_names_every_function_and_constant() {
-        let tool = testing::tool::<Calculator>(json!(null)).unwrap();
+        let tool = testing::typed_tool::<Calculator>(json!(null)).unwrap();
         let spec = tool.spec().unwrap();
         let description = &spec.activities[0].description;
         for name in FUNCTIONS
@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn the_schema_and_the_host_check_bound_the_expression() {
-        let tool = testing::tool::<Calculator>(json!(null)).unwrap();
+        let tool = testing::typed_tool::<Calculator>(json!(null)).unwrap();
         let params = &tool.spec().unwrap().activities[0].parameters;
         assert_eq!(params["properties"]["expression"]["maxLength"], MAX_LEN);
         assert_eq!(params["additionalProperties"], false);
@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn both_paths_answer_and_a_bad_expression_is_an_error_result() {
-        let tool = testing::tool::<Calculator>(json!(null)).unwrap();
+        let tool = testing::typed_tool::<Calculator>(json!(null)).unwrap();
         assert_eq!(
             tool.call("calculate", json!({"expression": "2**10"}))
                 .unwrap()

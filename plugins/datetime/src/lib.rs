@@ -237,7 +237,7 @@ impl Activity<DateTime> for Format {
     }
 }
 
-impl Tool for DateTime {
+impl TypedTool for DateTime {
     type Config = NoConfig;
     const NAME: &'static str = "DateTime";
     const DESCRIPTION: &'static str =

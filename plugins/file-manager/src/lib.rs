@@ -391,7 +391,7 @@ impl Activity<FileManager> for Delete {
     }
 }
 
-impl Tool for FileManager {
+impl TypedTool for FileManager {
     type Config = Config;
     const NAME: &'static str = "FileManager";
     const DESCRIPTION: &'static str =

@@ -56,7 +56,7 @@ impl Activity<TextTools> for Uppercase {
     }
 }
 
-impl Tool for TextTools {
+impl TypedTool for TextTools {
     type Config = NoConfig;
     const NAME: &'static str = "TextTools";
     const DESCRIPTION: &'static str = "Simple operations on a piece of text";
@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn every_activity_on_both_entry_points() {
-        let tool = testing::tool::<TextTools>(json!(null)).unwrap();
+        let tool = testing::typed_tool::<TextTools>(json!(null)).unwrap();
         let spec = tool.spec().unwrap();
         assert_eq!(spec.activities.len(), 3);
         assert_eq!(
@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn the_harness_refuses_what_the_host_refuses() {
-        let tool = testing::tool::<TextTools>(json!(null)).unwrap();
+        let tool = testing::typed_tool::<TextTools>(json!(null)).unwrap();
         let e = tool.call("uppercase", json!({"text": 5})).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
         assert!(

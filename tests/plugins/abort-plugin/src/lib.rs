@@ -6,7 +6,7 @@ use plugin_api::prelude::*;
 /// A tool that does nothing.
 pub struct Nothing;
 
-impl RawTool for Nothing {
+impl Tool for Nothing {
     type Config = NoConfig;
     const SYNC: bool = true;
 
@@ -29,5 +29,5 @@ impl RawTool for Nothing {
 
 plugin_api::export_plugin! {
     id: "abort-plugin",
-    raw_tool: Nothing,
+    tool: Nothing,
 }

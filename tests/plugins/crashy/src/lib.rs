@@ -72,7 +72,7 @@ fn act(call: &ToolInvocation) -> Result<ToolOutput, PluginError> {
     }
 }
 
-impl RawTool for Crashy {
+impl Tool for Crashy {
     type Config = NoConfig;
     const SYNC: bool = true;
     const ASYNC: bool = true;
@@ -134,5 +134,5 @@ impl RawTool for Crashy {
 
 plugin_api::export_plugin! {
     id: "crashy",
-    raw_tool: Crashy,
+    tool: Crashy,
 }

@@ -76,7 +76,7 @@ impl PromptDriver for Panicky {
     }
 }
 
-impl RawTool for Panicky {
+impl Tool for Panicky {
     type Config = Value;
     const SYNC: bool = true;
     const ASYNC: bool = true;
@@ -128,6 +128,6 @@ plugin_api::export_plugin! {
     id: "panicky",
     description: "Panics on purpose",
     driver: Panicky,
-    raw_tool: Panicky,
+    tool: Panicky,
     listener: Panicky,
 }

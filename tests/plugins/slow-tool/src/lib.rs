@@ -15,7 +15,7 @@ fn now_us() -> u128 {
         .unwrap_or(0)
 }
 
-impl RawTool for Slow {
+impl Tool for Slow {
     type Config = NoConfig;
     const ASYNC: bool = true;
 
@@ -43,5 +43,5 @@ impl RawTool for Slow {
 
 plugin_api::export_plugin! {
     id: "slow",
-    raw_tool: Slow,
+    tool: Slow,
 }
