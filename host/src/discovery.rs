@@ -166,7 +166,10 @@ mod tests {
             manifest_dirs: vec![dir.clone()],
         };
         write_registered(&file, &r).unwrap();
-        assert_eq!(read_registered(&file).unwrap().manifest_dirs, [dir.clone()]);
+        assert_eq!(
+            read_registered(&file).unwrap().manifest_dirs,
+            std::slice::from_ref(&dir)
+        );
         let twice = manifest_dirs(&[dir.clone(), tmp.path().join(".")], false).unwrap();
         assert_eq!(twice, [dir]);
         std::fs::write(&file, "manifest_dir = []\n").unwrap();

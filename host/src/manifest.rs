@@ -6,6 +6,8 @@
 //! version = "0.1.0"                    # optional; when present must equal the library's
 //! kinds = ["prompt_driver"]            # optional: prompt_driver, tool, event_listener
 //!
+//! # isolation = "process"              # run it in a supervised child (default "in_process")
+//!
 //! [library]
 //! name = "scripted_driver"             # found as libscripted_driver.so in the library path
 //! # path = "../target/release/libscripted_driver.so"   # or a path relative to this file
@@ -20,7 +22,6 @@
 //! [overrides]                          # config keys a daemon request may change (default: none)
 //! allow = ["chunk_chars", "script"]    # dotted paths reach nested keys: "http.retry"
 //!
-//! # isolation = "process"              # run it in a supervised child (default "in_process")
 //! # [process]                          # only used when process-isolated
 //! # call_timeout_secs = 300            # a call running longer gets the child killed, restarted
 //! # address_space_mb = 4096            # RLIMIT_AS of the child

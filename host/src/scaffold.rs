@@ -130,7 +130,8 @@ pub fn write_plugin(
             "",
             "schemars = \"1\"\nserde = { version = \"1\", features = [\"derive\"] }\n",
             format!(
-                "grip run --manifests <grip>/manifests --manifests manifests --lib-dir target/release \\\n  --driver scripted --tool {name} --config \\\n  '{{\"script\":[{{\"tool_calls\":[{{\"name\":\"{ty}_greet\",\"arguments\":{{\"name\":\"Ada\"}}}}]}},{{\"text\":\"done\"}}]}}' \"greet Ada\""
+                "grip plugins add manifests
+grip run --lib-dir target/release \\\n  --driver scripted --tool {name} --config \\\n  '{{\"script\":[{{\"tool_calls\":[{{\"name\":\"{ty}_greet\",\"arguments\":{{\"name\":\"Ada\"}}}}]}},{{\"text\":\"done\"}}]}}' \"greet Ada\""
             ),
         ),
         TemplateKind::Driver => (
@@ -141,7 +142,8 @@ pub fn write_plugin(
             "reply_prefix = \"You said: \"",
             "serde = { version = \"1\", features = [\"derive\"] }\n",
             format!(
-                "grip run --manifests <grip>/manifests --manifests manifests --lib-dir target/release --driver {name} \"Hello\""
+                "grip plugins add manifests
+grip run --lib-dir target/release --driver {name} \"Hello\""
             ),
         ),
         TemplateKind::Listener => (
@@ -152,7 +154,8 @@ pub fn write_plugin(
             "prefix = \"[NAME]\"",
             "serde = { version = \"1\", features = [\"derive\"] }\n",
             format!(
-                "grip run --manifests <grip>/manifests --manifests manifests --lib-dir target/release --driver scripted --listener {name} \"Hello\""
+                "grip plugins add manifests
+grip run --lib-dir target/release --driver scripted --listener {name} \"Hello\""
             ),
         ),
     };

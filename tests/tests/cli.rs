@@ -1,6 +1,6 @@
 //! The `grip` binary: `plugins list`, `plugins check`, `plugins hash` and `prompt`.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use e2e::{ManifestSpec, artifacts, scripted};
 
@@ -59,6 +59,7 @@ fn plugins_list_shows_loaded_and_refused_with_reasons() {
     let out = grip(&[
         "plugins",
         "list",
+        "--no-default-manifests",
         "--manifests",
         dir.path().to_str().unwrap(),
     ]);
@@ -69,7 +70,7 @@ fn plugins_list_shows_loaded_and_refused_with_reasons() {
         "{text}"
     );
     assert!(
-        text.contains("refused") && text.contains("missing field `kinds`"),
+        text.contains("refused") && text.contains("missing field `library`"),
         "{text}"
     );
 
@@ -77,6 +78,7 @@ fn plugins_list_shows_loaded_and_refused_with_reasons() {
         "plugins",
         "list",
         "--json",
+        "--no-default-manifests",
         "--manifests",
         dir.path().to_str().unwrap(),
     ]);
@@ -286,6 +288,7 @@ fn isolation_process_runs_every_plugin_in_a_child_whose_logs_reach_the_host() {
         "list",
         "--isolation",
         "process",
+        "--no-default-manifests",
         "--manifests",
         manifests,
     ]);
@@ -296,7 +299,8 @@ fn isolation_process_runs_every_plugin_in_a_child_whose_logs_reach_the_host() {
 
     let out = a
         .grip_command()
-        .args(["run", "--isolation", "process", "--manifests", manifests])
+        .args(["run", "--isolation", "process", "--no-default-manifests"])
+        .args(["--manifests", manifests])
         .args(["--driver", "panicky", "--path", "sync", "--no-stream"])
         .args(["--config", r#"{"on_word": true}"#, "hello"])
         .current_dir(&a.root)

@@ -91,7 +91,7 @@ async fn a_task_runs_as_json_and_the_path_follows_the_driver_capability() {
     );
     assert!(
         rows.iter()
-            .any(|p| p["status"] == "refused" && p["reason"].as_str().unwrap().contains("kinds"))
+            .any(|p| p["status"] == "refused" && p["reason"].as_str().unwrap().contains("library"))
     );
 
     let metrics = client()

@@ -100,11 +100,11 @@ pub trait Activity<T>: DeserializeOwned + JsonSchema + Send + 'static {
     /// What it returns: text (`String`), structured data ([`Json`]) or a [`ToolOutput`].
     type Output: IntoToolOutput;
 
-    /// Runs the activity.
+    /// Runs the activity. A failure the model should see and act on (nothing found, a value out
+    /// of range) is best an `Ok(ToolOutput::error(..))` output.
     ///
     /// # Errors
-    /// A failure the model is told of (as an error result); use
-    /// [`PluginError::invalid_input`] for a bad argument.
+    /// A failure of the tool itself; the host reports it to the model as a failed call.
     fn run(self, tool: &T) -> Result<Self::Output, PluginError>;
 }
 
