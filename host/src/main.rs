@@ -574,6 +574,7 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
             RunPath::Sync => PathChoice::Sync,
             RunPath::Async => PathChoice::Async,
         },
+        ..TaskSpec::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

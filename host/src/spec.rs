@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use plugin_api::wire::{FunctionSpec, Message};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -46,8 +47,17 @@ pub struct TaskSpec {
     /// Overrides of the driver's config (a JSON object), limited by the [`Policy`].
     #[serde(default)]
     pub config: Option<Value>,
-    /// The prompt.
+    /// The prompt (may be empty when `messages` ends the conversation, e.g. with a tool result).
+    #[serde(default)]
     pub input: String,
+    /// The conversation before `input`: system, user, assistant (with tool calls) and tool
+    /// messages, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<Message>,
+    /// Functions the caller runs itself: a model call of one ends the task with the calls in
+    /// the output's `tool_calls` (see [`PromptTask::client_functions`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_tools: Vec<FunctionSpec>,
     /// Tool plugin ids, each offered once.
     #[serde(default)]
     pub tools: Vec<String>,
@@ -70,6 +80,10 @@ pub struct TaskSpec {
     /// The path; requests to the daemon cannot choose it (the daemon decides by capability).
     #[serde(skip)]
     pub path: PathChoice,
+    /// The driver config the front's operator set for this kind of task (an agent's), under
+    /// `config`. Not checked against the [`Policy`]: no request can set it.
+    #[serde(skip)]
+    pub operator_config: Option<Value>,
 }
 
 /// What a front lets its callers do.
@@ -203,10 +217,21 @@ impl TaskSpec {
                 check_overrides(policy, p, c).map_err(|e| e.under("tool_config", p.id()))?;
             }
         }
+        let overrides = match (&self.operator_config, &self.config) {
+            (Some(base), Some(c)) => {
+                let mut merged = base.clone();
+                crate::plugin::merge_config(&mut merged, c);
+                Some(merged)
+            }
+            (base, c) => c.clone().or_else(|| base.clone()),
+        };
         let driver = host
-            .new_driver(plugin, self.config.as_ref())
+            .new_driver(plugin, overrides.as_ref())
             .map_err(SpecError::DriverConfig)?;
-        let mut task = PromptTask::new(driver, self.input.clone()).stream(self.stream);
+        let mut task = PromptTask::new(driver, self.input.clone())
+            .stream(self.stream)
+            .history(self.messages.clone())
+            .client_functions(self.client_tools.clone());
         for p in tools {
             let overrides = self.tool_config.get(p.id());
             task = task.tool(p.new_tool(overrides).map_err(SpecError::Tool)?);
@@ -230,8 +255,34 @@ impl TaskSpec {
 
     /// The checks that need no plugin.
     fn check_fields(&self, policy: &impl Policy) -> Result<(), SpecError> {
-        if self.input.trim().is_empty() {
+        if self.input.trim().is_empty() && self.messages.is_empty() {
             return Err(invalid("input", "must not be empty"));
+        }
+        if !self.client_tools.is_empty() && !self.tools.is_empty() {
+            return Err(invalid(
+                "client_tools",
+                "a task runs either its own tools or the caller's, not both",
+            ));
+        }
+        if self.client_tools.len() > policy.max_tools() {
+            return Err(invalid(
+                "client_tools",
+                &format!("a request may offer at most {} tools", policy.max_tools()),
+            ));
+        }
+        for (i, f) in self.client_tools.iter().enumerate() {
+            if f.name.is_empty() || self.client_tools[..i].iter().any(|g| g.name == f.name) {
+                return Err(invalid(
+                    "client_tools",
+                    &format!("function names must be unique and non-empty (`{}`)", f.name),
+                ));
+            }
+            if !f.parameters.is_object() {
+                return Err(invalid(
+                    &format!("client_tools.{}", f.name),
+                    "parameters must be a JSON Schema object",
+                ));
+            }
         }
         if let (Some(n), Some(cap)) = (self.max_subtasks, policy.max_subtasks_cap())
             && n > cap

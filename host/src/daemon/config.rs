@@ -30,6 +30,12 @@
 //! plugin = "jsonl"
 //! config = { path = "events.jsonl" }
 //! batch_size = 10
+//!
+//! [agents.helper]                   # a model name of the OpenAI-compatible front
+//! driver = "openai"                 # (POST /v1/chat/completions, GET /v1/models)
+//! config = { model = "gpt-4o-mini" }   # the operator's: not limited by the allowlist
+//! tools = ["calculator"]            # server tools: run by grip, the client gets the answer
+//! rules = ["Answer in one sentence."]
 //! ```
 
 use std::net::SocketAddr;
@@ -56,6 +62,27 @@ pub struct DaemonConfig {
     /// Listener plugins that receive every request's events.
     #[serde(default)]
     pub listeners: Vec<GlobalListener>,
+    /// Named agents: model names of the OpenAI-compatible front.
+    #[serde(default)]
+    pub agents: std::collections::BTreeMap<String, Agent>,
+}
+
+/// `[agents.<name>]`: a driver with the operator's config, tools and rules, named as a model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    /// Prompt driver plugin id.
+    pub driver: String,
+    /// The driver's config overrides (the operator's own; requests still may change only the
+    /// allowed keys on top).
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    /// Tool plugin ids, run by grip (server tools).
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Rules for the system prompt.
+    #[serde(default)]
+    pub rules: Vec<String>,
 }
 
 /// `[server]`.

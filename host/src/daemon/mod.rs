@@ -2,6 +2,8 @@
 //!
 //! - `POST /v1/tasks`: run a PromptTask; JSON, or `text/event-stream` with one SSE event per
 //!   task event (event name = event type, data = the event's JSON) when `"stream": true`.
+//! - `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/models/{id}`: the
+//!   OpenAI-compatible front (see [`openai`]), the same tasks in the chat-completions wire format.
 //! - `GET /v1/plugins`: every manifest found, loaded or refused, with capabilities and reasons.
 //! - `GET /healthz` (no auth) and `GET /metrics`.
 //!
@@ -29,6 +31,7 @@ pub mod config;
 mod conn;
 pub mod guard;
 pub mod metrics;
+mod openai;
 mod tasks;
 
 use std::future::Future;
@@ -291,6 +294,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.server.max_body_bytes;
     let protected = Router::new()
         .route("/v1/tasks", post(tasks::run_task))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{id}", get(openai::get_model))
         .route("/v1/plugins", get(list_plugins))
         .route("/metrics", get(render_metrics));
     Router::new()
@@ -374,7 +380,9 @@ pub async fn shutdown_signal() {
 }
 
 pub(super) fn api_error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    let body = json!({"error": {"type": kind, "message": message.into()}});
+    // `param` and `code` too: the OpenAI SDKs read that shape, and the other fronts lose nothing.
+    let body =
+        json!({"error": {"type": kind, "message": message.into(), "param": null, "code": null}});
     (status, axum::Json(body)).into_response()
 }
 

@@ -25,7 +25,7 @@ use crate::spec::{BuiltTask, SpecError, TaskSpec};
 use crate::task::{PromptTask, StopReason, TaskError, TaskOutput};
 
 /// How a task run ended, as the spawned future reports it.
-enum Ended {
+pub(super) enum Ended {
     /// The task ran to its end (its own finish event went out).
     Done(Result<TaskOutput, TaskError>),
     /// The daemon stopped it (its finish event went out with the reason).
@@ -36,8 +36,9 @@ enum Ended {
 /// said may be an internal service's reply, and the caller may not read it.
 const WITHHELD: &str = "the upstream's reply is withheld because this request chose the URL";
 
-fn task_error_response(e: &TaskError, task_id: &str, withhold: bool) -> Response {
-    let (status, kind) = match e {
+/// The status and grip error type of a task that failed.
+pub(super) fn task_error_status(e: &TaskError) -> (StatusCode, &'static str) {
+    match e {
         TaskError::Driver(CallError {
             kind: ErrorKind::Timeout,
             ..
@@ -62,8 +63,13 @@ fn task_error_response(e: &TaskError, task_id: &str, withhold: bool) -> Response
             (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
         }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-    };
-    let message = match e {
+    }
+}
+
+/// What a failed task's error says to the caller (the upstream's words withheld when the
+/// request chose the URL).
+pub(super) fn task_error_message(e: &TaskError, withhold: bool) -> String {
+    match e {
         TaskError::Driver(c) if withhold => format!(
             "prompt driver `{}` {} failed ({} error): {WITHHELD}",
             c.plugin, c.operation, c.kind
@@ -72,53 +78,54 @@ fn task_error_response(e: &TaskError, task_id: &str, withhold: bool) -> Response
             format!("prompt driver `{plugin}` stream failed: {WITHHELD}")
         }
         _ => e.to_string(),
-    };
-    let body = json!({"error": {"type": kind, "message": message}, "task_id": task_id});
+    }
+}
+
+fn task_error_response(e: &TaskError, task_id: &str, withhold: bool) -> Response {
+    let (status, kind) = task_error_status(e);
+    let message = task_error_message(e, withhold);
+    let body = json!({"error": {"type": kind, "message": message, "param": null, "code": null},
+                      "task_id": task_id});
     (status, axum::Json(body)).into_response()
 }
 
-/// The request's body as a [`TaskSpec`], built into its task by the one path every front uses.
+/// The request's body as a [`TaskSpec`].
 #[allow(clippy::result_large_err)] // a Response is the error here, built once per request
-fn prepare(state: &AppState, body: &Bytes) -> Result<BuiltTask, Response> {
+fn parse_spec(body: &Bytes) -> Result<TaskSpec, Response> {
     let bad = |msg: String| api_error(StatusCode::BAD_REQUEST, "invalid_request", msg);
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let spec: TaskSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         if path == "." || path == "?" || e.inner().is_syntax() || e.inner().is_eof() {
             bad(format!("malformed request body: {}", e.inner()))
         } else {
             bad(format!("field `{path}`: {}", e.inner()))
         }
-    })?;
-    spec.build(&state.registry, &state.host, state)
-        .map_err(|e| spec_error_response(state, &e))
+    })
 }
 
-/// [`prepare`], on the blocking pool when a plugin is process-isolated: making its instances is
-/// a round trip to its child (a restart, at worst, bounded by the call deadline), which must not
-/// hold an async worker. In process it is a few FFI calls, made in place.
-#[allow(clippy::result_large_err)] // as `prepare`
-async fn build_off_the_runtime_if_isolated(
-    state: &Arc<AppState>,
-    body: Bytes,
-) -> Result<BuiltTask, Response> {
+/// Builds `spec` into its task by the one path every front uses; on the blocking pool when a
+/// plugin is process-isolated: making its instances is a round trip to its child (a restart, at
+/// worst, bounded by the call deadline), which must not hold an async worker. In process it is
+/// a few FFI calls, made in place. Errors are the front's to render.
+pub(super) async fn build(state: &Arc<AppState>, spec: TaskSpec) -> Result<BuiltTask, SpecError> {
     if !state.any_isolated {
-        return prepare(state, &body);
+        return spec.build(&state.registry, &state.host, &**state);
     }
     let st = Arc::clone(state);
-    tokio::task::spawn_blocking(move || prepare(&st, &body))
+    tokio::task::spawn_blocking(move || spec.build(&st.registry, &st.host, &*st))
         .await
         .unwrap_or_else(|e| {
-            Err(api_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("building the task failed: {e}"),
-            ))
+            Err(SpecError::Invalid {
+                field: "request".into(),
+                message: format!("building the task failed: {e}"),
+            })
         })
 }
 
-fn spec_error_response(state: &AppState, e: &SpecError) -> Response {
-    let (status, kind) = match e {
+/// The status and grip error type of a spec error, counting plugin failures.
+pub(super) fn spec_error_status(state: &AppState, e: &SpecError) -> (StatusCode, &'static str) {
+    match e {
         SpecError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
         SpecError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         SpecError::NotCapable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "missing_capability"),
@@ -130,7 +137,11 @@ fn spec_error_response(state: &AppState, e: &SpecError) -> Response {
             state.metrics.plugin_error(&c.plugin);
             (StatusCode::BAD_GATEWAY, "plugin_error")
         }
-    };
+    }
+}
+
+fn spec_error_response(state: &AppState, e: &SpecError) -> Response {
+    let (status, kind) = spec_error_status(state, e);
     api_error(status, kind, e.to_string())
 }
 
@@ -233,7 +244,7 @@ fn sse_frame(event: &Event, withhold: bool, output: Option<&TaskOutput>) -> Byte
     ))
 }
 
-fn overloaded(state: &AppState) -> Response {
+pub(super) fn overloaded(state: &AppState) -> Response {
     state.metrics.outcome("rejected");
     let mut r = api_error(
         StatusCode::TOO_MANY_REQUESTS,
@@ -271,9 +282,13 @@ pub(super) async fn run_task(
     let Ok(permit) = Arc::clone(&state.task_permits).try_acquire_owned() else {
         return overloaded(&state);
     };
-    let built = match build_off_the_runtime_if_isolated(&state, body).await {
-        Ok(t) => t,
+    let spec = match parse_spec(&body) {
+        Ok(s) => s,
         Err(r) => return r,
+    };
+    let built = match build(&state, spec).await {
+        Ok(t) => t,
+        Err(e) => return spec_error_response(&state, &e),
     };
     let mut started = start(&state, built, permit);
     match started.relay.take() {
@@ -283,21 +298,21 @@ pub(super) async fn run_task(
 }
 
 /// A task spawned on the daemon's tracker, and what its response needs.
-struct Started {
-    task_id: String,
-    path: &'static str,
-    withhold: bool,
-    join: tokio::task::JoinHandle<Ended>,
+pub(super) struct Started {
+    pub(super) task_id: String,
+    pub(super) path: &'static str,
+    pub(super) withhold: bool,
+    pub(super) join: tokio::task::JoinHandle<Ended>,
     /// Dropped with the response (or the handler, when the client goes away first): the task
     /// then stops with "the client went away".
-    client: oneshot::Sender<()>,
+    pub(super) client: oneshot::Sender<()>,
     /// The task's events, for an SSE response.
-    relay: Option<mpsc::UnboundedReceiver<Event>>,
+    pub(super) relay: Option<mpsc::UnboundedReceiver<Event>>,
 }
 
 /// Adds the request's listeners (metrics and the SSE relay, then the global ones) and spawns
 /// the task, which holds its permit until it ends.
-fn start(
+pub(super) fn start(
     state: &Arc<AppState>,
     built: BuiltTask,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -602,7 +617,7 @@ impl Drop for Tracker {
 
 /// A response body fed by a producer future through a small channel (backpressure: the
 /// producer waits while the client is slow).
-fn async_stream_body<F, Fut>(f: F) -> Body
+pub(super) fn async_stream_body<F, Fut>(f: F) -> Body
 where
     F: FnOnce(mpsc::Sender<Result<Bytes, Infallible>>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,

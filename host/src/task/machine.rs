@@ -82,6 +82,10 @@ pub struct MachineConfig {
     pub max_subtasks: usize,
     /// After tool calls, prompt the model again (true) or end with the tool results (false).
     pub reflect_on_tool_use: bool,
+    /// Functions the caller runs itself (among `functions`): a turn that calls one ends the run
+    /// with its calls in [`TaskOutput::tool_calls`] (the OpenAI front's client tools).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_functions: Vec<String>,
 }
 
 /// The output schema, compiled once and shared; rebuilt on demand after deserialisation.
@@ -117,6 +121,9 @@ pub struct Machine {
     subtasks: usize,
     usage: Usage,
     awaiting: Awaiting,
+    /// The last response's finish reason.
+    #[serde(default)]
+    finish_reason: Option<String>,
     #[serde(skip)]
     validator: Compiled,
 }
@@ -138,6 +145,7 @@ impl Machine {
                 subtasks: 0,
                 usage: Usage::default(),
                 awaiting: Awaiting::Start,
+                finish_reason: None,
                 validator: Compiled::default(),
             }),
         }
@@ -158,6 +166,7 @@ impl Machine {
             subtasks: 0,
             usage: Usage::default(),
             awaiting: Awaiting::Start,
+            finish_reason: None,
             validator: compiled,
         }
     }
@@ -224,11 +233,27 @@ impl Machine {
             return self.out_of_order("a driver response");
         }
         self.usage.add(resp.usage);
+        self.finish_reason = resp.finish_reason;
         let mut message = resp.message;
         message.role = Role::Assistant;
         let calls = message.tool_calls.clone();
         let text = message.content.clone();
         self.messages.push(message);
+        let client: Vec<_> = calls
+            .iter()
+            .filter(|c| self.config.client_functions.contains(&c.name))
+            .cloned()
+            .collect();
+        if !client.is_empty() {
+            // The caller runs these: the run ends here with them (a server call in the same
+            // turn is not run; the front refuses tasks that mix the two kinds).
+            self.finish_reason = Some(plugin_api::wire::finish_reason::TOOL_CALLS.to_owned());
+            let mut next = self.done(text, None);
+            if let Next::Done(out) = &mut next {
+                out.tool_calls = client;
+            }
+            return next;
+        }
         if !calls.is_empty() {
             if let Some(fail) = self.count_subtask(Vec::new()) {
                 return fail;
@@ -319,6 +344,8 @@ impl Machine {
             json,
             usage: self.usage,
             subtasks: self.subtasks,
+            tool_calls: Vec::new(),
+            finish_reason: self.finish_reason.clone(),
         })
     }
 
@@ -384,6 +411,7 @@ mod tests {
             output_schema: None,
             max_subtasks,
             reflect_on_tool_use: true,
+            client_functions: Vec::new(),
         }
     }
 
@@ -490,6 +518,30 @@ mod tests {
             m.on_response(calls(1)),
             Next::Fail(TaskError::MaxSubtasks { .. })
         ));
+    }
+
+    #[test]
+    fn a_call_of_a_client_function_ends_the_run_with_the_calls() {
+        let mut m = machine(MachineConfig {
+            client_functions: vec!["T_a".into()],
+            ..config(3)
+        });
+        m.start();
+        let mut r = calls(2);
+        r.finish_reason = Some("tool_calls".into());
+        let out = done(m.on_response(r));
+        assert_eq!(out.tool_calls.len(), 2);
+        assert_eq!(out.finish_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(out.subtasks, 0, "the caller runs them: no subtask here");
+        assert_eq!(m.awaiting(), &Awaiting::Ended);
+        let mut plain = machine(config(3));
+        plain.start();
+        let mut r = text("hi", 1);
+        r.finish_reason = Some("length".into());
+        assert_eq!(
+            done(plain.on_response(r)).finish_reason.as_deref(),
+            Some("length")
+        );
     }
 
     #[test]

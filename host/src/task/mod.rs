@@ -46,7 +46,9 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::future::BoxFuture;
-use plugin_api::wire::{Event, EventKind, Message, PromptRequest, PromptResponse, ToolCall, Usage};
+use plugin_api::wire::{
+    Event, EventKind, FunctionSpec, Message, PromptRequest, PromptResponse, ToolCall, Usage,
+};
 use serde_json::Value;
 
 use crate::events::EventBus;
@@ -82,6 +84,14 @@ pub struct TaskOutput {
     pub usage: Usage,
     /// Subtasks run (tool rounds and output-schema retries).
     pub subtasks: usize,
+    /// Calls of client functions the model made in its last turn: the caller runs them (see
+    /// [`PromptTask::client_functions`]); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// Why the last driver response stopped, in the shared names
+    /// ([`plugin_api::wire::finish_reason`]), when the driver said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
 }
 
 /// The tool calls of one assistant turn.
@@ -137,6 +147,10 @@ pub struct PromptTask {
     reflect_on_tool_use: bool,
     rules: Vec<String>,
     memory: Option<Arc<ConversationMemory>>,
+    /// Messages of the conversation so far, between the memory and the input.
+    history: Vec<Message>,
+    /// Functions offered to the model that the caller runs.
+    client_functions: Vec<FunctionSpec>,
     event_bus: Option<Arc<EventBus>>,
     stream: bool,
     runners: SubtaskRunners,
@@ -179,6 +193,8 @@ impl PromptTask {
             reflect_on_tool_use: true,
             rules: Vec::new(),
             memory: None,
+            history: Vec::new(),
+            client_functions: Vec::new(),
             event_bus: None,
             stream: false,
             runners: SubtaskRunners::default(),
@@ -241,6 +257,23 @@ impl PromptTask {
     /// Adds a rule to the system prompt.
     pub fn rule(mut self, rule: impl Into<String>) -> Self {
         self.rules.push(rule.into());
+        self
+    }
+
+    /// The conversation so far (system, user, assistant and tool messages, oldest first), sent
+    /// after the rules and the memory and before the input. With a history, an empty input adds
+    /// no user message: the history's last message is what the model answers (a tool result,
+    /// say).
+    pub fn history(mut self, messages: Vec<Message>) -> Self {
+        self.history = messages;
+        self
+    }
+
+    /// Offers functions the caller runs itself: when the model calls one, the run ends with the
+    /// calls in [`TaskOutput::tool_calls`] and finish reason `tool_calls`, instead of running
+    /// them. Their names must not be those of the task's tools' functions.
+    pub fn client_functions(mut self, functions: Vec<FunctionSpec>) -> Self {
+        self.client_functions = functions;
         self
     }
 
@@ -369,13 +402,33 @@ impl PromptTask {
         if let Some(m) = &self.memory {
             messages.extend(m.messages());
         }
-        messages.push(Message::user(self.input.clone()));
+        messages.extend(self.history.iter().cloned());
+        if self.history.is_empty() || !self.input.is_empty() {
+            messages.push(Message::user(self.input.clone()));
+        }
+        let mut functions = tools.specs().to_vec();
+        if let Some(f) = self
+            .client_functions
+            .iter()
+            .find(|c| functions.iter().any(|s| s.name == c.name))
+        {
+            return Err(TaskError::Tool {
+                tool: "client".to_owned(),
+                message: format!("the client function `{}` is also a tool's function", f.name),
+            });
+        }
+        functions.extend(self.client_functions.iter().cloned());
         let config = MachineConfig {
             task_id: self.id.clone(),
-            functions: tools.specs().to_vec(),
+            functions,
             output_schema: self.output_schema.clone(),
             max_subtasks: self.max_subtasks,
             reflect_on_tool_use: self.reflect_on_tool_use,
+            client_functions: self
+                .client_functions
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
         };
         match validator {
             Some(v) => Ok(Machine::with_compiled_schema(config, messages, v)),

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Registry packages the tests need, installed where the tests look for them:
+# a Python venv at target/venv with the official OpenAI SDK (tests/tests/openai_front.rs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x target/venv/bin/python ]; then
+  mkdir -p target
+  # Debian splits venv support out of python3: install it when it is missing (CI runs as root).
+  if ! python3 -m venv target/venv 2>/dev/null; then
+    rm -rf target/venv
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    else
+      echo "python3 -m venv failed: install the Debian package python3-venv" >&2
+      exit 1
+    fi
+    python3 -m venv target/venv
+  fi
+fi
+target/venv/bin/python -m pip install --quiet --disable-pip-version-check "openai==2.8.1"
