@@ -160,7 +160,11 @@ async fn streamed_events_arrive_in_order_as_they_happen_and_requests_do_not_mix(
 async fn bad_requests_get_specific_json_errors() {
     let d = Daemon::start(config());
     let cases = [
-        (json!({"driver": "scripted"}), 400, "field `input`: must not be empty"),
+        (
+            json!({"driver": "scripted"}),
+            400,
+            "field `input`: must not be empty",
+        ),
         (
             json!({"driver": "scripted", "input": "x", "colour": 1}),
             400,
