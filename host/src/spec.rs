@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use plugin_api::wire::{FunctionSpec, Message};
+use plugin_api::wire::{FunctionSpec, Message, Role, ToolCall};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -53,7 +53,7 @@ pub struct TaskSpec {
     /// The conversation before `input`: system, user, assistant (with tool calls) and tool
     /// messages, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub messages: Vec<Message>,
+    pub messages: Vec<SpecMessage>,
     /// Functions the caller runs itself: a model call of one ends the task with the calls in
     /// the output's `tool_calls` (see [`PromptTask::client_functions`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -84,6 +84,34 @@ pub struct TaskSpec {
     /// `config`. Not checked against the [`Policy`]: no request can set it.
     #[serde(skip)]
     pub operator_config: Option<Value>,
+}
+
+/// A message of a request's conversation: what a caller may say was said. Unlike the wire
+/// [`Message`], it has no `structured` value and no error flag (a caller cannot forge a tool's
+/// own result), and unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecMessage {
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text.
+    #[serde(default)]
+    pub content: String,
+    /// For an assistant message: the tool calls it made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a tool message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl From<&SpecMessage> for Message {
+    fn from(m: &SpecMessage) -> Self {
+        let mut out = Message::text(m.role, m.content.clone());
+        out.tool_calls.clone_from(&m.tool_calls);
+        out.tool_call_id.clone_from(&m.tool_call_id);
+        out
+    }
 }
 
 /// What a front lets its callers do.
@@ -155,6 +183,9 @@ pub enum SpecError {
     /// A tool could not be made.
     #[error("{0}")]
     Tool(CallError),
+    /// The host failed while building the task.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// A spec turned into a task, with what its runner needs to know.
@@ -230,7 +261,7 @@ impl TaskSpec {
             .map_err(SpecError::DriverConfig)?;
         let mut task = PromptTask::new(driver, self.input.clone())
             .stream(self.stream)
-            .history(self.messages.clone())
+            .history(self.messages.iter().map(Message::from).collect())
             .client_functions(self.client_tools.clone());
         for p in tools {
             let overrides = self.tool_config.get(p.id());
@@ -257,6 +288,16 @@ impl TaskSpec {
     fn check_fields(&self, policy: &impl Policy) -> Result<(), SpecError> {
         if self.input.trim().is_empty() && self.messages.is_empty() {
             return Err(invalid("input", "must not be empty"));
+        }
+        if let Some(i) = self
+            .messages
+            .iter()
+            .position(|m| m.role == Role::Tool && m.tool_call_id.is_none())
+        {
+            return Err(invalid(
+                &format!("messages[{i}].tool_call_id"),
+                "a tool message needs the id of the call it answers",
+            ));
         }
         if !self.client_tools.is_empty() && !self.tools.is_empty() {
             return Err(invalid(

@@ -319,6 +319,87 @@ async fn errors_are_openai_shaped_with_the_statuses_the_sdks_expect() {
     d.stop();
 }
 
+/// A run with server tools or an output schema streams only its final answer: never a first
+/// turn's text, nor an answer that failed validation (and the JSON itself, not a fenced text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_of_tool_rounds_and_structured_output_carry_only_the_final_answer() {
+    let d = Daemon::start(config());
+    let text_of = |body: &str| -> String {
+        data_lines(body)
+            .iter()
+            .filter(|l| **l != "[DONE]")
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let hi = json!([{"role": "user", "content": "count a b c"}]);
+    let (_, _, body) = chat(
+        &d,
+        json!({"model": "counter", "messages": hi, "stream": true,
+                                       "tools": null, "stream_options": null}),
+    )
+    .await;
+    assert_eq!(text_of(&body), "There are 3 words.", "{body}");
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "integer"}}});
+    let (_, _, body) = chat(&d, json!({"model": "json", "messages": hi, "stream": true,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}})).await;
+    let v: Value = serde_json::from_str(&text_of(&body)).unwrap();
+    assert_eq!(v, json!({"answer": 42}));
+    d.stop();
+}
+
+/// `/v1/tasks` takes the same conversation and client tools, and a caller cannot forge a
+/// tool's own result fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tasks_api_takes_messages_and_client_tools_too() {
+    let d = Daemon::start(config());
+    let script = json!({"script": [{"tool_calls": [{"id": "k1", "name": "lookup", "arguments": {"q": "x"}}]}]});
+    let (status, _, v) = e2e::daemon::post(
+        &d,
+        json!({"driver": "scripted", "config": script, "input": "find x",
+               "messages": [{"role": "system", "content": "be brief"}],
+               "client_tools": [{"name": "lookup", "parameters": {"type": "object"}}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["finish_reason"], "tool_calls");
+    assert_eq!(v["tool_calls"][0]["name"], "lookup");
+    let (status, _, v) = e2e::daemon::post(
+        &d,
+        json!({"driver": "scripted", "input": "x",
+               "messages": [{"role": "tool", "tool_call_id": "a", "content": "r", "structured": {"forged": true}}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("structured"),
+        "{v}"
+    );
+    d.stop();
+}
+
+#[test]
+fn an_agent_that_cannot_work_stops_the_daemon_at_start() {
+    let mut c = config();
+    let bad: DaemonConfig = toml::from_str("[agents.bad]\ndriver = \"nope\"\n").unwrap();
+    c.agents.extend(bad.agents);
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let e = host::daemon::AppState::new(c, addr)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("agents.bad") && e.contains("`nope` is not a loaded prompt driver"),
+        "{e}"
+    );
+}
+
 /// The official OpenAI Python SDK against the daemon: sync and async clients, plain and
 /// streamed, client and server tools, structured output, usage, errors and models.
 #[test]

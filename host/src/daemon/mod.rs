@@ -149,6 +149,7 @@ impl AppState {
             )));
         }
         let global_listeners = global_listeners(&registry, &config)?;
+        check_agents(&registry, &config)?;
         warn_about_sensitive_overrides(&registry, &config);
         let guard = GuardPolicy::new(
             addr.ip().is_loopback(),
@@ -266,6 +267,37 @@ fn global_listeners(
     Ok(out)
 }
 
+/// Each `[agents.<name>]` names a loaded driver and loaded tools, within the per-task bound, and
+/// a config that is JSON: an agent that cannot work is the operator's error, found at start.
+fn check_agents(registry: &Registry, config: &DaemonConfig) -> Result<(), DaemonError> {
+    for (name, a) in &config.agents {
+        let bad = |why: String| DaemonError::Config(format!("agents.{name}: {why}"));
+        if !registry
+            .get(&a.driver)
+            .is_some_and(|p| p.is(Kind::PromptDriver))
+        {
+            return Err(bad(format!("`{}` is not a loaded prompt driver", a.driver)));
+        }
+        if let Some(t) = a
+            .tools
+            .iter()
+            .find(|t| !registry.get(t).is_some_and(|p| p.is(Kind::Tool)))
+        {
+            return Err(bad(format!("`{t}` is not a loaded tool")));
+        }
+        if a.tools.len() > MAX_TOOLS {
+            return Err(bad(format!(
+                "{} tools; a task may use at most {MAX_TOOLS}",
+                a.tools.len()
+            )));
+        }
+        if let Some(c) = &a.config {
+            serde_json::to_value(c).map_err(|e| bad(format!("config: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// Logs a warning for each allowed override that names a URL, a secret, a file or a resource
 /// size: the operator may mean it, but should know.
 fn warn_about_sensitive_overrides(registry: &Registry, config: &DaemonConfig) {
@@ -296,7 +328,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tasks", post(tasks::run_task))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::list_models))
-        .route("/v1/models/{id}", get(openai::get_model))
+        .route("/v1/models/{*id}", get(openai::get_model))
         .route("/v1/plugins", get(list_plugins))
         .route("/metrics", get(render_metrics));
     Router::new()

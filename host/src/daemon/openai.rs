@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::tasks::{self, Ended, Started};
 use crate::manifest::Kind;
-use crate::spec::{Policy, SpecError, TaskSpec};
+use crate::spec::{Policy, SpecError, SpecMessage, TaskSpec};
 use crate::task::{StopReason, TaskError, TaskOutput};
 
 /// An OpenAI-shaped error response.
@@ -72,15 +72,24 @@ fn model_not_found(model: &str) -> Response {
     )
 }
 
+/// `null` as the default: clients send `"tools": null`, `"stream": null`, `"tool_calls": null`.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 #[derive(Debug, Deserialize)]
 struct ChatRequest {
     model: String,
     messages: Vec<ChatMessage>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     tools: Vec<ChatTool>,
     #[serde(default)]
     tool_choice: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     stream: bool,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
@@ -117,7 +126,7 @@ struct ChatMessage {
     role: String,
     #[serde(default)]
     content: Option<Content>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     tool_calls: Vec<ChatToolCall>,
     #[serde(default)]
     tool_call_id: Option<String>,
@@ -193,7 +202,7 @@ fn text_of(content: Option<Content>, at: usize) -> Result<String, Response> {
 
 /// The messages as grip's prompt stack: the input (the last message, when the user's) and the
 /// history before it.
-fn prompt_stack(messages: Vec<ChatMessage>) -> Result<(String, Vec<Message>), Response> {
+fn prompt_stack(messages: Vec<ChatMessage>) -> Result<(String, Vec<SpecMessage>), Response> {
     if messages.is_empty() {
         return Err(invalid("`messages` must not be empty", "messages"));
     }
@@ -240,13 +249,22 @@ fn prompt_stack(messages: Vec<ChatMessage>) -> Result<(String, Vec<Message>), Re
         .last()
         .is_some_and(|m| m.role == plugin_api::wire::Role::User);
     let input = match stack.pop() {
-        Some(m) if last_is_user => m.content,
+        Some(m) if last_is_user && !m.content.trim().is_empty() => m.content,
         Some(m) => {
             stack.push(m);
             String::new()
         }
         None => String::new(),
     };
+    let stack = stack
+        .into_iter()
+        .map(|m| SpecMessage {
+            role: m.role,
+            content: m.content,
+            tool_calls: m.tool_calls,
+            tool_call_id: m.tool_call_id,
+        })
+        .collect();
     Ok((input, stack))
 }
 
@@ -357,8 +375,20 @@ fn spec_for_model(state: &AppState, model: &str) -> Option<TaskSpec> {
     })
 }
 
-/// The request as a task spec, and the parameters it dropped.
-fn to_spec(state: &AppState, req: ChatRequest) -> Result<(TaskSpec, Vec<&'static str>), Response> {
+/// A request made into a task spec, with what its response needs.
+struct Prepared {
+    spec: TaskSpec,
+    /// Parameters dropped (not allowed for the driver).
+    ignored: Vec<&'static str>,
+    /// The client asked for a stream.
+    stream: bool,
+    /// Text deltas may go out as they come: the run is one prompt (no server tools, no
+    /// output-schema retries), so what streams is the answer.
+    live: bool,
+}
+
+/// The request as a task spec.
+fn to_spec(state: &AppState, req: ChatRequest) -> Result<Prepared, Response> {
     if req.n.is_some_and(|n| n != 1) {
         return Err(invalid(
             "`n` other than 1 is not supported: send one request per choice",
@@ -394,15 +424,26 @@ fn to_spec(state: &AppState, req: ChatRequest) -> Result<(TaskSpec, Vec<&'static
         None => (None, Vec::new()),
     };
     let (input, history) = prompt_stack(req.messages)?;
+    // A driver that cannot stream still answers a streaming client: in one content chunk.
+    let can_stream = state
+        .registry
+        .get(&driver)
+        .is_some_and(|p| p.can(Kind::PromptDriver, crate::manifest::Mode::Stream));
     spec.config = config;
     spec.input = input;
     spec.messages = history;
-    spec.stream = req.stream;
+    spec.stream = req.stream && can_stream;
     spec.output_schema = output_schema(req.response_format)?;
     if offer_client_tools {
         spec.client_tools = client_tools(req.tools)?;
     }
-    Ok((spec, ignored))
+    let live = spec.stream && spec.tools.is_empty() && spec.output_schema.is_none();
+    Ok(Prepared {
+        spec,
+        ignored,
+        stream: req.stream,
+        live,
+    })
 }
 
 fn spec_error(state: &AppState, e: &SpecError) -> Response {
@@ -457,8 +498,17 @@ fn finish_reason(out: &TaskOutput) -> &str {
     }
 }
 
+/// The answer's content: the validated JSON itself when there is an output schema (the model's
+/// text may have it in a fence), else the text.
+fn content(out: &TaskOutput) -> String {
+    match &out.json {
+        Some(v) => v.to_string(),
+        None => out.text.clone(),
+    }
+}
+
 fn completion(id: &str, model: &str, out: &TaskOutput) -> Value {
-    let mut message = json!({"role": "assistant", "content": out.text, "refusal": null});
+    let mut message = json!({"role": "assistant", "content": content(out), "refusal": null});
     if !out.tool_calls.is_empty() {
         let calls: Vec<Value> = out
             .tool_calls
@@ -520,8 +570,13 @@ pub(super) async fn chat_completions(
     };
     let model = req.model.clone();
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let (spec, ignored) = match to_spec(&state, req) {
-        Ok(s) => s,
+    let Prepared {
+        spec,
+        ignored,
+        stream,
+        live,
+    } = match to_spec(&state, req) {
+        Ok(p) => p,
         Err(r) => return r,
     };
     let Ok(permit) = Arc::clone(&state.task_permits).try_acquire_owned() else {
@@ -542,10 +597,19 @@ pub(super) async fn chat_completions(
         Ok(b) => b,
         Err(e) => return spec_error(&state, &e),
     };
-    let mut started = tasks::start(&state, built, permit);
+    let mut started = tasks::start(&state, built, permit, stream);
     let id = format!("chatcmpl-{}", started.task_id);
     match started.relay.take() {
-        Some(rx) => stream_response(started, rx, id, model, include_usage, &ignored),
+        Some(rx) => {
+            let chunks = Chunks {
+                id,
+                model,
+                created: now(),
+                include_usage,
+                live,
+            };
+            stream_response(started, rx, chunks, &ignored)
+        }
         None => json_response(started, &id, &model, &ignored).await,
     }
 }
@@ -572,6 +636,8 @@ struct Chunks {
     id: String,
     model: String,
     created: u64,
+    include_usage: bool,
+    live: bool,
 }
 
 impl Chunks {
@@ -602,12 +668,13 @@ impl Chunks {
     }
 }
 
+/// The task's answer as chunks. Live runs send text deltas as they come; others (server tools,
+/// an output schema, a driver that cannot stream) send the final answer in one chunk, so the
+/// client never gets a first turn's text or an answer that failed validation.
 fn stream_response(
     started: Started,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<plugin_api::wire::Event>,
-    id: String,
-    model: String,
-    include_usage: bool,
+    chunks: Chunks,
     ignored: &[&str],
 ) -> Response {
     let Started {
@@ -618,11 +685,6 @@ fn stream_response(
         client,
         ..
     } = started;
-    let chunks = Chunks {
-        id,
-        model,
-        created: now(),
-    };
     let body = tasks::async_stream_body(move |tx| async move {
         let _client = client;
         let send = |b: Bytes| {
@@ -635,7 +697,7 @@ fn stream_response(
         let mut sent_text = false;
         while let Some(event) = rx.recv().await {
             match &event.kind {
-                EventKind::TextChunk { token } => {
+                EventKind::TextChunk { token } if chunks.live => {
                     sent_text = true;
                     if !send(chunks.chunk(json!({"content": token}), None)).await {
                         return;
@@ -671,11 +733,12 @@ fn stream_response(
                 return;
             }
         };
-        if !sent_text && !out.text.is_empty() {
-            // A driver that answered without streaming text (after a tool round, say).
-            if !send(chunks.chunk(json!({"content": out.text}), None)).await {
-                return;
-            }
+        let text = content(&out);
+        if !sent_text
+            && !text.is_empty()
+            && !send(chunks.chunk(json!({"content": text}), None)).await
+        {
+            return;
         }
         if !out.tool_calls.is_empty() {
             let calls: Vec<Value> = out
@@ -691,7 +754,7 @@ fn stream_response(
         if !send(chunks.chunk(json!({}), Some(finish_reason(&out)))).await {
             return;
         }
-        if include_usage && !send(chunks.usage(out.usage)).await {
+        if chunks.include_usage && !send(chunks.usage(out.usage)).await {
             return;
         }
         let _ = send(Bytes::from_static(b"data: [DONE]\n\n")).await;

@@ -116,10 +116,9 @@ pub(super) async fn build(state: &Arc<AppState>, spec: TaskSpec) -> Result<Built
     tokio::task::spawn_blocking(move || spec.build(&st.registry, &st.host, &*st))
         .await
         .unwrap_or_else(|e| {
-            Err(SpecError::Invalid {
-                field: "request".into(),
-                message: format!("building the task failed: {e}"),
-            })
+            Err(SpecError::Internal(format!(
+                "building the task failed: {e}"
+            )))
         })
 }
 
@@ -137,6 +136,7 @@ pub(super) fn spec_error_status(state: &AppState, e: &SpecError) -> (StatusCode,
             state.metrics.plugin_error(&c.plugin);
             (StatusCode::BAD_GATEWAY, "plugin_error")
         }
+        SpecError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 
@@ -234,6 +234,8 @@ fn sse_frame(event: &Event, withhold: bool, output: Option<&TaskOutput>) -> Byte
         Some(out) => serde_json::to_value(event).map(|mut v| {
             v["json"] = out.json.clone().unwrap_or(Value::Null);
             v["subtasks"] = json!(out.subtasks);
+            v["tool_calls"] = json!(out.tool_calls);
+            v["finish_reason"] = json!(out.finish_reason);
             v.to_string()
         }),
     }
@@ -290,7 +292,8 @@ pub(super) async fn run_task(
         Ok(t) => t,
         Err(e) => return spec_error_response(&state, &e),
     };
-    let mut started = start(&state, built, permit);
+    let streaming = built.task.is_streaming();
+    let mut started = start(&state, built, permit, streaming);
     match started.relay.take() {
         Some(rx) => sse_response(started, rx),
         None => json_response(started).await,
@@ -316,6 +319,7 @@ pub(super) fn start(
     state: &Arc<AppState>,
     built: BuiltTask,
     permit: tokio::sync::OwnedSemaphorePermit,
+    relay: bool,
 ) -> Started {
     let BuiltTask {
         task,
@@ -326,7 +330,7 @@ pub(super) fn start(
     // Unbounded on purpose: a task never waits for its client (a waiting task would hold its
     // permit and its upstream connection). What it queues is bounded by the task's own output
     // and timeout; the body behind it is a small bounded channel.
-    let (relay_tx, relay) = if task.is_streaming() {
+    let (relay_tx, relay) = if relay {
         let (tx, rx) = mpsc::unbounded_channel();
         (Some(tx), Some(rx))
     } else {
@@ -421,6 +425,8 @@ async fn json_response(started: Started) -> Response {
             "json": out.json,
             "usage": out.usage,
             "subtasks": out.subtasks,
+            "tool_calls": out.tool_calls,
+            "finish_reason": out.finish_reason,
             "path": started.path,
         }))
         .into_response(),
