@@ -81,9 +81,20 @@ try:
 except openai.BadRequestError as e:
     check(e.param == "n", "BadRequestError param", e)
 
+# The local model (llama.cpp in the daemon), plain and streamed; max_tokens is allowed for it.
+r = client.chat.completions.create(model="local", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8)
+check(r.choices[0].message.content and r.usage.completion_tokens > 0, "local model answer", r)
+check(r.choices[0].finish_reason in ("stop", "length"), "local finish_reason", r.choices[0].finish_reason)
+pieces = []
+for chunk in client.chat.completions.create(
+    model="local", messages=[{"role": "user", "content": "Count to three."}], max_tokens=8, stream=True
+):
+    pieces += [c.delta.content for c in chunk.choices if c.delta.content]
+check(len(pieces) > 1 and "".join(pieces).strip(), "local model stream", pieces)
+
 # Models.
 ids = [m.id for m in client.models.list()]
-check(ids == ["counter", "json", "weather", "scripted"], "models.list", ids)
+check(ids == ["counter", "json", "weather", "local", "scripted"], "models.list", ids)
 check(client.models.retrieve("weather").id == "weather", "models.retrieve", None)
 
 

