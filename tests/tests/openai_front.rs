@@ -82,7 +82,7 @@ async fn a_completion_and_its_stream_have_the_shapes_the_sdks_expect() {
     let (status, headers, body) = chat(
         &d,
         json!({"model": "scripted", "messages": [{"role": "user", "content": "hello there"}],
-               "temperature": 0.2, "seed": 7}),
+               "temperature": 0.2, "seed": 7, "frequency_penalty": 0.5, "logit_bias": null}),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -99,7 +99,11 @@ async fn a_completion_and_its_stream_have_the_shapes_the_sdks_expect() {
         u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
     );
     // The scripted driver's operator allows no sampling key: both dropped, and said so.
-    assert_eq!(headers["x-grip-ignored-params"], "temperature,seed");
+    // So is a parameter grip does not pass on at all; a null one is not "set".
+    assert_eq!(
+        headers["x-grip-ignored-params"],
+        "temperature,seed,frequency_penalty"
+    );
 
     let (status, headers, body) = chat(
         &d,
@@ -344,6 +348,19 @@ async fn streams_of_tool_rounds_and_structured_output_carry_only_the_final_answe
     )
     .await;
     assert_eq!(text_of(&body), "There are 3 words.", "{body}");
+    // `tool_choice: none`: no tool this turn, server tools included (the script's first step
+    // asks for one; without tools on offer the call is refused as unknown, then answered).
+    let (status, _, body) = chat(
+        &d,
+        json!({"model": "counter", "messages": hi, "tool_choice": "none"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"], "There are 3 words.",
+        "{v}"
+    );
     let schema = json!({"type": "object", "properties": {"answer": {"type": "integer"}}});
     let (_, _, body) = chat(&d, json!({"model": "json", "messages": hi, "stream": true,
         "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}})).await;

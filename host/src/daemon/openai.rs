@@ -12,8 +12,8 @@
 //!
 //! Sampling parameters (`temperature`, `top_p`, `max_tokens` / `max_completion_tokens`, `stop`,
 //! `seed`) are passed to the driver as config overrides when the operator allows that key for
-//! the driver (the same allowlist as `/v1/tasks`); the others are dropped and named in the
-//! `x-grip-ignored-params` header. `response_format` becomes the task's output schema.
+//! the driver (the same allowlist as `/v1/tasks`); the others, and every other parameter a
+//! request sets, are dropped and named in the `x-grip-ignored-params` header. `response_format` becomes the task's output schema.
 //! Errors are OpenAI-shaped (`{"error": {"message", "type", "param", "code"}}`) with the status
 //! codes the SDKs' retry logic expects.
 
@@ -113,6 +113,10 @@ struct ChatRequest {
     #[serde(default)]
     #[allow(dead_code)]
     user: Option<String>,
+    /// Every other parameter (`frequency_penalty`, `logit_bias`, ...): not passed on, and named
+    /// in `x-grip-ignored-params` when set.
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,7 +383,7 @@ fn spec_for_model(state: &AppState, model: &str) -> Option<TaskSpec> {
 struct Prepared {
     spec: TaskSpec,
     /// Parameters dropped (not allowed for the driver).
-    ignored: Vec<&'static str>,
+    ignored: Vec<String>,
     /// The client asked for a stream.
     stream: bool,
     /// Text deltas may go out as they come: the run is one prompt (no server tools, no
@@ -409,7 +413,11 @@ fn to_spec(state: &AppState, req: ChatRequest) -> Result<Prepared, Response> {
             ));
         }
     };
-    if !req.tools.is_empty() && !spec.tools.is_empty() {
+    if !offer_client_tools {
+        // `none`: no tool at all this turn, the agent's server tools included.
+        spec.tools.clear();
+    }
+    if offer_client_tools && !req.tools.is_empty() && !spec.tools.is_empty() {
         return Err(invalid(
             format!(
                 "model `{}` is an agent with server tools; it takes no client `tools`",
@@ -419,10 +427,17 @@ fn to_spec(state: &AppState, req: ChatRequest) -> Result<Prepared, Response> {
         ));
     }
     let driver = spec.driver.clone().unwrap_or_default();
-    let (config, ignored) = match state.registry.get(&driver) {
+    let (config, dropped) = match state.registry.get(&driver) {
         Some(p) => sampling_overrides(state, p, &req),
         None => (None, Vec::new()),
     };
+    let mut ignored: Vec<String> = dropped.into_iter().map(str::to_owned).collect();
+    ignored.extend(
+        req.other
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, _)| k.clone()),
+    );
     let (input, history) = prompt_stack(req.messages)?;
     // A driver that cannot stream still answers a streaming client: in one content chunk.
     let can_stream = state
@@ -531,7 +546,7 @@ fn completion(id: &str, model: &str, out: &TaskOutput) -> Value {
     })
 }
 
-fn with_headers(mut r: Response, started: (&str, &str), ignored: &[&str]) -> Response {
+fn with_headers(mut r: Response, started: (&str, &str), ignored: &[String]) -> Response {
     let h = r.headers_mut();
     h.insert(
         "x-grip-path",
@@ -614,7 +629,7 @@ pub(super) async fn chat_completions(
     }
 }
 
-async fn json_response(started: Started, id: &str, model: &str, ignored: &[&str]) -> Response {
+async fn json_response(started: Started, id: &str, model: &str, ignored: &[String]) -> Response {
     let ended = started.join.await;
     drop(started.client);
     let r = match ended {
@@ -675,7 +690,7 @@ fn stream_response(
     started: Started,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<plugin_api::wire::Event>,
     chunks: Chunks,
-    ignored: &[&str],
+    ignored: &[String],
 ) -> Response {
     let Started {
         task_id,
