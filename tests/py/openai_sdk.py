@@ -94,7 +94,7 @@ check(len(pieces) > 1 and "".join(pieces).strip(), "local model stream", pieces)
 
 # Models.
 ids = [m.id for m in client.models.list()]
-check(ids == ["counter", "json", "weather", "local", "scripted"], "models.list", ids)
+check(ids == ["counter", "json", "slow", "weather", "local", "scripted"], "models.list", ids)
 check(client.models.retrieve("weather").id == "weather", "models.retrieve", None)
 
 

@@ -44,6 +44,10 @@ script = [
   { text = "It is sunny in Paris." },
 ]
 
+[agents.slow]
+driver = "scripted"
+config = { delay_ms = 3000 }
+
 [agents.json]
 driver = "scripted"
 [agents.json.config]
@@ -311,7 +315,7 @@ async fn errors_are_openai_shaped_with_the_statuses_the_sdks_expect() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["counter", "json", "weather", "scripted"]);
+    assert_eq!(ids, ["counter", "json", "slow", "weather", "scripted"]);
     let one = client()
         .get(d.url("/v1/models/weather"))
         .send()
@@ -399,6 +403,56 @@ async fn the_tasks_api_takes_messages_and_client_tools_too() {
             .contains("structured"),
         "{v}"
     );
+    d.stop();
+}
+
+/// Overload and an oversized body, in the shapes the SDKs act on: 429 with `Retry-After`
+/// (retried by the SDKs), 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_and_a_too_large_body_get_openai_errors() {
+    let mut c = config();
+    c.server.max_concurrent_tasks = 1;
+    c.server.max_body_bytes = 4096;
+    let d = Daemon::start(c);
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    let busy = {
+        let url = d.url("/v1/chat/completions");
+        let body = json!({"model": "slow", "messages": hi});
+        tokio::spawn(async move {
+            client()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    // Once the slow task holds the only slot, the next request is refused.
+    let m = e2e::daemon::metrics_containing(&d, "grip_tasks_in_flight 1").await;
+    assert!(m.contains("grip_tasks_in_flight 1"), "{m}");
+    let refused = client()
+        .post(d.url("/v1/chat/completions"))
+        .json(&json!({"model": "scripted", "messages": hi}))
+        .send()
+        .await
+        .ok()
+        .filter(|r| r.status() == 429);
+    let r = refused.expect("a second request is refused while the first runs");
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert_eq!(v["error"]["code"], "overloaded", "{v}");
+    assert_eq!(busy.await.unwrap(), 200);
+    let big = "x".repeat(8192);
+    let (status, _, body) = chat(
+        &d,
+        json!({"model": "scripted", "messages": [{"role": "user", "content": big}]}),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
     d.stop();
 }
 
