@@ -595,17 +595,16 @@ pub(super) async fn chat_completions(
         Err(r) => return r,
     };
     let Ok(permit) = Arc::clone(&state.task_permits).try_acquire_owned() else {
-        // As `/v1/tasks` answers, in the OpenAI shape, with the Retry-After the SDKs honour.
-        let grip = tasks::overloaded(&state);
+        // As `/v1/tasks` answers, in the OpenAI shape.
+        state.metrics.outcome("rejected");
         let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
             "this server runs as many tasks at once as it may; retry later",
             None,
             Some("overloaded"),
         );
-        if let Some(v) = grip.headers().get(header::RETRY_AFTER) {
-            r.headers_mut().insert(header::RETRY_AFTER, v.clone());
-        }
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, tasks::RETRY_AFTER_SECS);
         return r;
     };
     let built = match tasks::build(&state, spec).await {

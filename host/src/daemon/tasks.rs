@@ -246,7 +246,10 @@ fn sse_frame(event: &Event, withhold: bool, output: Option<&TaskOutput>) -> Byte
     ))
 }
 
-pub(super) fn overloaded(state: &AppState) -> Response {
+/// The `Retry-After` of a refused task, in seconds (the SDKs honour it).
+pub(super) const RETRY_AFTER_SECS: HeaderValue = HeaderValue::from_static("1");
+
+fn overloaded(state: &AppState) -> Response {
     state.metrics.outcome("rejected");
     let mut r = api_error(
         StatusCode::TOO_MANY_REQUESTS,
@@ -257,7 +260,7 @@ pub(super) fn overloaded(state: &AppState) -> Response {
         ),
     );
     r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        .insert(header::RETRY_AFTER, RETRY_AFTER_SECS);
     r
 }
 
