@@ -13,7 +13,8 @@
 //! Sampling parameters (`temperature`, `top_p`, `max_tokens` / `max_completion_tokens`, `stop`,
 //! `seed`) are passed to the driver as config overrides when the operator allows that key for
 //! the driver (the same allowlist as `/v1/tasks`); the others, and every other parameter a
-//! request sets, are dropped and named in the `x-grip-ignored-params` header. `response_format` becomes the task's output schema.
+//! request sets, are dropped and named in the `x-grip-ignored-params` header.
+//! `response_format` becomes the task's output schema.
 //! Errors are OpenAI-shaped (`{"error": {"message", "type", "param", "code"}}`) with the status
 //! codes the SDKs' retry logic expects.
 
@@ -417,7 +418,7 @@ fn to_spec(state: &AppState, req: ChatRequest) -> Result<Prepared, Response> {
         // `none`: no tool at all this turn, the agent's server tools included.
         spec.tools.clear();
     }
-    if offer_client_tools && !req.tools.is_empty() && !spec.tools.is_empty() {
+    if !req.tools.is_empty() && !spec.tools.is_empty() {
         return Err(invalid(
             format!(
                 "model `{}` is an agent with server tools; it takes no client `tools`",
