@@ -17,6 +17,10 @@ use super::supervisor::{Conn, Launch, lock, runtime};
 
 /// How long a child may take to load its library and answer `Ready`.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// Why a child is killed when its plugin is unloaded: its intended end, not a death to warn of
+/// (its stderr already reached the log as it was written).
+pub(super) const UNLOADED: &str = "the plugin was unloaded";
+
 /// How many of a child's last stderr lines an error about its death quotes.
 const STDERR_TAIL: usize = 8;
 
@@ -279,7 +283,12 @@ async fn read_answers(
             "its process ended before it was ready: {cause}"
         )));
     }
-    if conn.generation > 0 || conn.next_call.load(Ordering::Relaxed) > 1 {
+    let unloaded = lock(&conn.killed)
+        .as_ref()
+        .is_some_and(|(_, why)| why == UNLOADED);
+    if unloaded {
+        tracing::debug!(plugin = %conn.plugin, pid = conn.pid, "plugin process ended: {UNLOADED}");
+    } else if conn.generation > 0 || conn.next_call.load(Ordering::Relaxed) > 1 {
         tracing::warn!(plugin = %conn.plugin, pid = conn.pid, "plugin process died: {cause}");
     }
     conn.die(cause);

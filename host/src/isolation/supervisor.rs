@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ProcessSettings;
 use super::protocol::{FromChild, Info, Method, ToChild, line};
-use super::spawn::start_child;
+use super::spawn::{UNLOADED, start_child};
 use crate::error::CallError;
 use crate::manifest::Kind;
 use crate::plugin::Raw;
@@ -80,9 +80,7 @@ struct State {
 impl Drop for Supervisor {
     /// The plugin is unloaded (its last handle dropped): its child goes with it.
     fn drop(&mut self) {
-        lock(&self.state)
-            .child
-            .kill(0, "the plugin was unloaded".into());
+        lock(&self.state).child.kill(0, UNLOADED.into());
     }
 }
 
