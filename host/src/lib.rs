@@ -9,6 +9,9 @@
 //! - [`task`]: PromptTask, its sync and async paths, and the loop they share.
 //! - [`events`]: the event bus and event listeners.
 //! - [`daemon`]: the HTTP service (`grip serve`).
+//! - [`queue`]: tasks on NATS JetStream (`grip serve --nats`, `grip worker`).
+//! - [`results`]: a task's record, as `GET /v1/tasks/{id}` reads it.
+//! - [`conversation`]: conversation memory across tasks.
 //! - [`models`]: model files fetched for plugins (a GGUF from a wheel on PyPI), cached.
 //! - [`overrides`]: which config keys a daemon request may change (the allowlist).
 //! - [`error`]: the error types.
@@ -37,6 +40,7 @@
 mod bridge;
 pub mod capability;
 pub mod check;
+pub mod conversation;
 pub mod daemon;
 pub mod discovery;
 pub mod error;
@@ -47,7 +51,9 @@ pub mod manifest;
 pub mod models;
 pub mod overrides;
 pub mod plugin;
+pub mod queue;
 pub mod registry;
+pub mod results;
 pub mod scaffold;
 pub mod spec;
 pub mod task;

@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 
+mod remote_run;
+
 use host::daemon::{self, DaemonConfig};
 use host::models::HostConfig;
 use host::spec::{self, BuiltTask, PathChoice, Permissive, TaskSpec};
@@ -38,7 +40,7 @@ enum Command {
         command: PluginsCommand,
     },
     /// Run a prompt task: the driver, tools and listeners are plugins; text streams as it comes.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve prompt tasks over HTTP (see host::daemon for the API and the config file).
     Serve {
         /// The daemon's TOML config file (defaults apply without one).
@@ -47,6 +49,23 @@ enum Command {
         /// Listen here instead of the config's `server.bind`.
         #[arg(long)]
         bind: Option<std::net::SocketAddr>,
+        /// Be a front of a NATS JetStream queue (`nats://host:4222`): `POST /v1/tasks` queues
+        /// tasks for `grip worker`s instead of running them here (sets `queue.url`).
+        #[arg(long, env = "GRIP_NATS")]
+        nats: Option<String>,
+    },
+    /// Run tasks from a NATS JetStream queue, as many at once as `queue.concurrency`: the
+    /// plugins, limits and listeners are the config's, as for `grip serve`.
+    Worker {
+        /// The NATS server(s) (sets `queue.url`).
+        #[arg(long, env = "GRIP_NATS")]
+        nats: Option<String>,
+        /// The TOML config file (the daemon's: `[plugins]`, `[queue]`, `[[listeners]]`, ...).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// This worker's name in task records (default: host name and process id).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Serve one process-isolated plugin to its host over stdin/stdout (started by the host).
     #[command(hide = true)]
@@ -241,6 +260,21 @@ struct RunArgs {
     /// No console trace: only the answer is printed.
     #[arg(long, short)]
     quiet: bool,
+    /// Submit the task to a NATS JetStream queue (`nats://host:4222`) for a `grip worker` to
+    /// run, and follow its events from there; no plugin is loaded here.
+    #[arg(long, env = "GRIP_NATS")]
+    nats: Option<String>,
+    /// With --nats: a config file whose `[queue]` names the cluster's streams and buckets.
+    #[arg(long, requires = "nats")]
+    queue_config: Option<PathBuf>,
+    /// The task id: submitting the same id again returns that task's result instead of
+    /// running it again (with --nats).
+    #[arg(long, requires = "nats")]
+    id: Option<String>,
+    /// Continue this conversation: its earlier turns come before the input, and this turn is
+    /// kept for the next task (with --nats: the cluster keeps conversations).
+    #[arg(long, requires = "nats")]
+    conversation: Option<String>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -287,8 +321,9 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Plugins { command } => plugins(command),
-        Command::Run(args) => run_task(args),
-        Command::Serve { config, bind } => serve(config, bind),
+        Command::Run(args) => run_task(*args),
+        Command::Serve { config, bind, nats } => serve(config, bind, nats),
+        Command::Worker { nats, config, name } => worker(config, nats, name),
         Command::PluginHost { manifest, library } => {
             Ok(host::isolation::serve_child(&manifest, &library))
         }
@@ -547,6 +582,9 @@ fn nothing_found(registry: &Registry, dirs: &[PathBuf]) -> String {
 }
 
 fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(url) = args.nats.clone() {
+        return remote_run::run(args, url);
+    }
     let (registry, dirs) = args.load.registry()?;
     let plugin = spec::find(&registry, &args.driver, Kind::PromptDriver, "driver")
         .map_err(|e| anyhow::anyhow!("{e}{}", nothing_found(&registry, &dirs)))?;
@@ -662,13 +700,25 @@ fn refused_before_start(e: &host::TaskError) -> bool {
     )
 }
 
-fn serve(config: Option<PathBuf>, bind: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
-    let mut config = match &config {
+/// The config file, or the defaults.
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<DaemonConfig> {
+    Ok(match path {
         Some(path) => DaemonConfig::load(path)?,
         None => DaemonConfig::default(),
-    };
+    })
+}
+
+fn serve(
+    config: Option<PathBuf>,
+    bind: Option<std::net::SocketAddr>,
+    nats: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(config.as_deref())?;
     if let Some(b) = bind {
         config.server.bind = b;
+    }
+    if nats.is_some() {
+        config.queue.url = nats;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -678,8 +728,16 @@ fn serve(config: Option<PathBuf>, bind: Option<std::net::SocketAddr>) -> anyhow:
             .await
             .with_context(|| format!("cannot listen on {}", config.server.bind))?;
         let addr = listener.local_addr()?;
+        let queue = match &config.queue.url {
+            Some(_) => Some(host::queue::Queue::connect(&config.queue, "grip-front").await?),
+            None => None,
+        };
         let mut state = daemon::AppState::new(config, addr)?;
         state.prepare_models().await;
+        if let Some(q) = queue {
+            tracing::info!(nats = ?state.config().queue.url, "a front of the queue");
+            state.use_queue(q);
+        }
         let state = Arc::new(state);
         for r in state.registry().refused() {
             tracing::warn!("{}", r.error);
@@ -704,4 +762,54 @@ fn serve(config: Option<PathBuf>, bind: Option<std::net::SocketAddr>) -> anyhow:
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn worker(
+    config: Option<PathBuf>,
+    nats: Option<String>,
+    name: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(config.as_deref())?;
+    if nats.is_some() {
+        config.queue.url = nats;
+    }
+    // The worker's slots are the daemon's task permits.
+    config.server.max_concurrent_tasks = config.queue.concurrency.max(1);
+    let name = name.unwrap_or_else(default_worker_name);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let queue = host::queue::Queue::connect(&config.queue, &name).await?;
+        let registry = Registry::load_dirs(&config.plugins.manifest_dirs, &config.loader_options());
+        for r in registry.refused() {
+            tracing::warn!("{}", r.error);
+        }
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut state = daemon::AppState::from_parts(config, registry, None, loopback)?;
+        state.prepare_models().await;
+        state.use_queue(queue.clone());
+        let loaded: Vec<&str> = state.registry().plugins().map(|p| p.id()).collect();
+        eprintln!(
+            "grip: worker {name} ready on {} (plugins: {}; {} at once)",
+            state.config().queue.url.as_deref().unwrap_or("?"),
+            loaded.join(", "),
+            state.config().queue.concurrency
+        );
+        let state = Arc::new(state);
+        host::queue::worker::run(Arc::clone(&state), queue, name, daemon::shutdown_signal())
+            .await?;
+        state.flush_listeners().await;
+        anyhow::Ok(())
+    })?;
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `<host name>-<pid>`: unique among the workers of a cluster.
+fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "worker".into());
+    format!("{host}-{}", std::process::id())
 }

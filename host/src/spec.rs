@@ -77,6 +77,22 @@ pub struct TaskSpec {
     /// Rules for the system prompt.
     #[serde(default)]
     pub rules: Vec<String>,
+    /// The task id the caller chose (`[A-Za-z0-9_-]`, at most 64): submitting it again returns
+    /// the same task instead of running another (`None`: a fresh id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The conversation this task continues: its earlier turns come before `messages`, and its
+    /// input and answer are added to them when it succeeds (see [`crate::conversation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// `false`: answer at once with the task id (202), the result is fetched later with
+    /// `GET /v1/tasks/{id}`. Default `true`: answer when the task has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
+    /// The conversation's earlier turns, loaded by the front from its store (never from the
+    /// request), put before `messages`.
+    #[serde(skip)]
+    pub earlier_turns: Vec<Message>,
     /// The path; requests to the daemon cannot choose it (the daemon decides by capability).
     #[serde(skip)]
     pub path: PathChoice,
@@ -259,10 +275,19 @@ impl TaskSpec {
         let driver = host
             .new_driver(plugin, overrides.as_ref())
             .map_err(SpecError::DriverConfig)?;
+        let history = self
+            .earlier_turns
+            .iter()
+            .cloned()
+            .chain(self.messages.iter().map(Message::from))
+            .collect();
         let mut task = PromptTask::new(driver, self.input.clone())
             .stream(self.stream)
-            .history(self.messages.iter().map(Message::from).collect())
+            .history(history)
             .client_functions(self.client_tools.clone());
+        if let Some(id) = &self.id {
+            task = task.with_id(id.clone());
+        }
         for p in tools {
             let overrides = self.tool_config.get(p.id());
             task = task.tool(p.new_tool(overrides).map_err(SpecError::Tool)?);
@@ -284,10 +309,24 @@ impl TaskSpec {
         })
     }
 
-    /// The checks that need no plugin.
-    fn check_fields(&self, policy: &impl Policy) -> Result<(), SpecError> {
+    /// The checks that need no plugin: a front that only queues the task (see
+    /// [`crate::queue`]) makes them before it accepts it.
+    ///
+    /// # Errors
+    /// A [`SpecError::Invalid`] naming the field.
+    pub fn check_fields(&self, policy: &impl Policy) -> Result<(), SpecError> {
         if self.input.trim().is_empty() && self.messages.is_empty() {
             return Err(invalid("input", "must not be empty"));
+        }
+        for (field, value) in [("id", &self.id), ("conversation_id", &self.conversation_id)] {
+            if let Some(v) = value
+                && !is_valid_id(v)
+            {
+                return Err(invalid(
+                    field,
+                    "must be 1 to 64 characters, each a letter, a digit, `_` or `-`",
+                ));
+            }
         }
         if let Some(i) = self
             .messages
@@ -405,6 +444,15 @@ impl SpecError {
             other => other,
         }
     }
+}
+
+/// Whether `id` may name a task or a conversation: it becomes part of a NATS subject and key,
+/// so only characters that are plain in both.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn invalid(field: &str, message: &str) -> SpecError {

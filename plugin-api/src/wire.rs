@@ -474,6 +474,17 @@ pub enum EventKind {
         /// Why the previous attempt failed.
         reason: String,
     },
+    /// The task is being run again, by another worker, because the one running it stopped
+    /// before it ended (at-least-once execution on a queue): discard every event of the task
+    /// received before this one; a whole new run follows, from its `StartTaskEvent`. Since
+    /// plugin-api 1.4 (listener plugins built on an older one are not sent it).
+    #[serde(rename = "TaskRetryEvent")]
+    TaskRetry {
+        /// The attempt that starts now (2 for the first retry).
+        attempt: u32,
+        /// Why the previous attempt did not end.
+        reason: String,
+    },
     /// Tool calls are about to run.
     #[serde(rename = "StartActionsSubtaskEvent")]
     StartActionsSubtask {
@@ -508,6 +519,7 @@ impl EventKind {
             EventKind::StartActionsSubtask { .. } => "StartActionsSubtaskEvent",
             EventKind::FinishActionsSubtask { .. } => "FinishActionsSubtaskEvent",
             EventKind::PromptRetry { .. } => "PromptRetryEvent",
+            EventKind::TaskRetry { .. } => "TaskRetryEvent",
             EventKind::Unknown => "Unknown",
         }
     }

@@ -14,6 +14,8 @@
 //!                                   # previous response (slow clients, idle keep-alive)
 //! allowed_origins = []              # web origins that may call the daemon (CORS); others: 403
 //! allowed_hosts = []                # Host names accepted besides loopback ones (DNS rebinding)
+//! results_kept = 10000              # ended tasks' records kept for GET /v1/tasks/{id}
+//! result_ttl_s = 3600               # ... for this long after submission
 //!
 //! [plugins]
 //! manifest_dirs = ["manifests"]     # relative to this file
@@ -36,6 +38,22 @@
 //! config = { model = "gpt-4o-mini" }   # the operator's: not limited by the allowlist
 //! tools = ["calculator"]            # server tools: run by grip, the client gets the answer
 //! rules = ["Answer in one sentence."]
+//!
+//! [conversations]                   # tasks with a `conversation_id` (see host::conversation)
+//! max_turns = 50                    # oldest turns dropped beyond these
+//! max_bytes = 262144
+//! ttl_s = 86400                     # forgotten when untouched this long
+//! max_conversations = 10000         # in a single daemon's memory
+//!
+//! [queue]                           # grip serve --nats / grip worker (see host::queue)
+//! url = "nats://127.0.0.1:4222"     # or --nats URL
+//! concurrency = 4                   # tasks per worker
+//! max_pending = 10000               # queued or running; beyond: 429
+//! ack_wait_ms = 30000               # silence after which a worker's task goes to another
+//! max_attempts = 3                  # deliveries before a task is dead-lettered
+//! result_ttl_s = 86400              # records kept in the results bucket
+//! wait_timeout_ms = 600000          # a waiting POST then answers 202 with the id
+//! # stream, subject_prefix, consumer, results_bucket, conversations_bucket, dead_letter_stream
 //! ```
 
 use std::net::SocketAddr;
@@ -65,6 +83,12 @@ pub struct DaemonConfig {
     /// Named agents: model names of the OpenAI-compatible front.
     #[serde(default)]
     pub agents: std::collections::BTreeMap<String, Agent>,
+    /// The NATS queue of `grip serve --nats` and `grip worker`.
+    #[serde(default)]
+    pub queue: crate::queue::QueueConfig,
+    /// Bounds of conversation memory.
+    #[serde(default)]
+    pub conversations: crate::conversation::ConversationConfig,
 }
 
 /// `[agents.<name>]`: a driver with the operator's config, tools and rules, named as a model.
@@ -123,6 +147,13 @@ pub struct ServerConfig {
     /// Host names accepted in the `Host` header besides loopback addresses and `localhost`.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Ended tasks' records kept for `GET /v1/tasks/{id}` (a single daemon; a queue keeps its
+    /// records in NATS).
+    #[serde(default = "d::results_kept")]
+    pub results_kept: usize,
+    /// How long a record is kept after its task was submitted.
+    #[serde(default = "d::result_ttl_s")]
+    pub result_ttl_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -139,6 +170,8 @@ impl Default for ServerConfig {
             header_timeout_ms: d::header_timeout_ms(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            results_kept: d::results_kept(),
+            result_ttl_s: d::result_ttl_s(),
         }
     }
 }
@@ -169,6 +202,12 @@ mod d {
     }
     pub fn header_timeout_ms() -> u64 {
         10_000
+    }
+    pub fn results_kept() -> usize {
+        10_000
+    }
+    pub fn result_ttl_s() -> u64 {
+        3600
     }
     pub fn manifest_dirs() -> Vec<std::path::PathBuf> {
         vec!["manifests".into()]

@@ -32,7 +32,8 @@ mod conn;
 pub mod guard;
 pub mod metrics;
 mod openai;
-mod tasks;
+mod queued;
+pub(crate) mod tasks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,11 +54,14 @@ use tokio_util::task::TaskTracker;
 pub use config::DaemonConfig;
 use metrics::Metrics;
 
+use crate::conversation::Conversations;
 use crate::events::{EventBus, EventListener};
 use crate::manifest::Kind;
 use crate::models::HostConfig;
 use crate::plugin::Plugin;
+use crate::queue::Queue;
 use crate::registry::Registry;
+use crate::results::LocalResults;
 use crate::spec::Policy;
 use guard::GuardPolicy;
 
@@ -75,10 +79,10 @@ pub enum DaemonError {
 
 /// Everything the handlers share.
 pub struct AppState {
-    config: DaemonConfig,
+    pub(crate) config: DaemonConfig,
     registry: Registry,
     token: Option<String>,
-    task_permits: Arc<Semaphore>,
+    pub(crate) task_permits: Arc<Semaphore>,
     blocking_permits: Arc<Semaphore>,
     metrics: Metrics,
     /// Config the host resolved for plugins (fetched models' paths).
@@ -86,7 +90,13 @@ pub struct AppState {
     global_listeners: Vec<EventListener>,
     guard: GuardPolicy,
     /// Set at the end of the shutdown grace: every task still running stops.
-    shutdown: watch::Sender<bool>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// Recent tasks' records, for `GET /v1/tasks/{id}` (a single daemon's).
+    results: Arc<LocalResults>,
+    /// The conversations tasks continue: this process's, or the cluster's.
+    pub(crate) conversations: Arc<Conversations>,
+    /// Set on a front of a queue (`grip serve --nats`): tasks are queued, not run here.
+    queue: Option<Queue>,
     /// The running tasks, awaited at shutdown.
     tasks: TaskTracker,
     /// Tasks stopped because the host shut down.
@@ -159,7 +169,15 @@ impl AppState {
         let any_isolated = registry
             .plugins()
             .any(|p| p.isolation() == crate::isolation::Isolation::Process);
+        let lease =
+            Duration::from_millis(config.server.task_timeout_ms + 2 * config.queue.ack_wait_ms);
         Ok(Self {
+            results: Arc::new(LocalResults::new(
+                config.server.results_kept,
+                Duration::from_secs(config.server.result_ttl_s),
+            )),
+            conversations: Arc::new(Conversations::local(config.conversations.clone(), lease)),
+            queue: None,
             any_isolated,
             guard,
             shutdown: watch::Sender::new(false),
@@ -174,6 +192,23 @@ impl AppState {
             global_listeners,
             config,
         })
+    }
+
+    /// Makes this daemon a front of `queue`: `POST /v1/tasks` queues tasks for the workers and
+    /// `GET /v1/tasks/{id}` reads the cluster's records. For a worker, the conversations become
+    /// the cluster's.
+    pub fn use_queue(&mut self, queue: Queue) {
+        let lease = Duration::from_millis(
+            self.config.server.task_timeout_ms + 2 * self.config.queue.ack_wait_ms,
+        );
+        self.conversations =
+            Arc::new(queue.conversations(self.config.conversations.clone(), lease));
+        self.queue = Some(queue);
+    }
+
+    /// The daemon's configuration.
+    pub fn config(&self) -> &DaemonConfig {
+        &self.config
     }
 
     /// Fetches the model files the loaded drivers need (see [`crate::models`]); a failure is
@@ -326,6 +361,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.server.max_body_bytes;
     let protected = Router::new()
         .route("/v1/tasks", post(tasks::run_task))
+        .route("/v1/tasks/{id}", get(tasks::get_task))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{*id}", get(openai::get_model))

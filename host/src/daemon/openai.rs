@@ -612,7 +612,7 @@ pub(super) async fn chat_completions(
         Ok(b) => b,
         Err(e) => return spec_error(&state, &e),
     };
-    let mut started = tasks::start(&state, built, permit, stream);
+    let mut started = tasks::start(&state, built, permit, stream, tasks::Hooks::default());
     let id = format!("chatcmpl-{}", started.task_id);
     match started.relay.take() {
         Some(rx) => {

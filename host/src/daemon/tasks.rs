@@ -19,13 +19,15 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::{AppState, api_error};
+use crate::conversation::{ConversationError, Conversations};
 use crate::error::{CallError, ErrorKind};
 use crate::events::{EventBus, EventListener, HandlerResult};
+use crate::results::{Claim, Recorder, TaskRecord, TaskState, wait_ended};
 use crate::spec::{BuiltTask, SpecError, TaskSpec};
 use crate::task::{PromptTask, StopReason, TaskError, TaskOutput};
 
 /// How a task run ended, as the spawned future reports it.
-pub(super) enum Ended {
+pub(crate) enum Ended {
     /// The task ran to its end (its own finish event went out).
     Done(Result<TaskOutput, TaskError>),
     /// The daemon stopped it (its finish event went out with the reason).
@@ -81,17 +83,23 @@ pub(super) fn task_error_message(e: &TaskError, withhold: bool) -> String {
     }
 }
 
-fn task_error_response(e: &TaskError, task_id: &str, withhold: bool) -> Response {
+fn task_error_body(e: &TaskError, task_id: &str, withhold: bool) -> (StatusCode, Value) {
     let (status, kind) = task_error_status(e);
-    let message = task_error_message(e, withhold);
-    let body = json!({"error": {"type": kind, "message": message, "param": null, "code": null},
-                      "task_id": task_id});
-    (status, axum::Json(body)).into_response()
+    (
+        status,
+        error_body(kind, &task_error_message(e, withhold), task_id),
+    )
+}
+
+/// An error's JSON body, naming the task.
+pub(crate) fn error_body(kind: &str, message: &str, task_id: &str) -> Value {
+    json!({"error": {"type": kind, "message": message, "param": null, "code": null},
+           "task_id": task_id})
 }
 
 /// The request's body as a [`TaskSpec`].
 #[allow(clippy::result_large_err)] // a Response is the error here, built once per request
-fn parse_spec(body: &Bytes) -> Result<TaskSpec, Response> {
+pub(crate) fn parse_spec(body: &Bytes) -> Result<TaskSpec, Response> {
     let bad = |msg: String| api_error(StatusCode::BAD_REQUEST, "invalid_request", msg);
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -108,7 +116,7 @@ fn parse_spec(body: &Bytes) -> Result<TaskSpec, Response> {
 /// plugin is process-isolated: making its instances is a round trip to its child (a restart, at
 /// worst, bounded by the call deadline), which must not hold an async worker. In process it is
 /// a few FFI calls, made in place. Errors are the front's to render.
-pub(super) async fn build(state: &Arc<AppState>, spec: TaskSpec) -> Result<BuiltTask, SpecError> {
+pub(crate) async fn build(state: &Arc<AppState>, spec: TaskSpec) -> Result<BuiltTask, SpecError> {
     if !state.any_isolated {
         return spec.build(&state.registry, &state.host, &**state);
     }
@@ -123,7 +131,7 @@ pub(super) async fn build(state: &Arc<AppState>, spec: TaskSpec) -> Result<Built
 }
 
 /// The status and grip error type of a spec error, counting plugin failures.
-pub(super) fn spec_error_status(state: &AppState, e: &SpecError) -> (StatusCode, &'static str) {
+pub(crate) fn spec_error_status(state: &AppState, e: &SpecError) -> (StatusCode, &'static str) {
     match e {
         SpecError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
         SpecError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
@@ -138,11 +146,6 @@ pub(super) fn spec_error_status(state: &AppState, e: &SpecError) -> (StatusCode,
         }
         SpecError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
-}
-
-fn spec_error_response(state: &AppState, e: &SpecError) -> Response {
-    let (status, kind) = spec_error_status(state, e);
-    api_error(status, kind, e.to_string())
 }
 
 /// A sync listener feeding the metrics (events, upstream latency) and, for a streaming
@@ -217,7 +220,7 @@ fn withheld(kind: &EventKind) -> Option<EventKind> {
     }
 }
 
-fn sse_frame(event: &Event, withhold: bool, output: Option<&TaskOutput>) -> Bytes {
+pub(crate) fn sse_frame(event: &Event, withhold: bool, output: Option<&TaskOutput>) -> Bytes {
     let redacted;
     let event = match withheld(&event.kind).filter(|_| withhold) {
         Some(kind) => {
@@ -247,7 +250,7 @@ fn sse_frame(event: &Event, withhold: bool, output: Option<&TaskOutput>) -> Byte
 }
 
 /// The `Retry-After` of a refused task, in seconds (the SDKs honour it).
-pub(super) const RETRY_AFTER_SECS: HeaderValue = HeaderValue::from_static("1");
+pub(crate) const RETRY_AFTER_SECS: HeaderValue = HeaderValue::from_static("1");
 
 fn overloaded(state: &AppState) -> Response {
     state.metrics.outcome("rejected");
@@ -268,61 +271,264 @@ pub(super) async fn run_task(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return api_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "request body is larger than {} bytes",
-                    state.config.server.max_body_bytes
-                ),
-            );
-        }
-        Err(e) => return api_error(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()),
+    let spec = match request_spec(&state, body) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
+    if let Some(front) = &state.queue {
+        return super::queued::submit(&state, front, spec).await;
+    }
     // The permit first: building may wait on a plugin's child, and a burst must not park a
     // blocking thread each while it does.
     let Ok(permit) = Arc::clone(&state.task_permits).try_acquire_owned() else {
         return overloaded(&state);
     };
-    let spec = match parse_spec(&body) {
-        Ok(s) => s,
-        Err(r) => return r,
+    run_here(&state, spec, permit).await
+}
+
+/// The request's body as a spec, or the response refusing it.
+#[allow(clippy::result_large_err)] // a Response is the error here, built once per request
+fn request_spec(
+    state: &AppState,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<TaskSpec, Response> {
+    match body {
+        Ok(b) => parse_spec(&b),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(api_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "request body is larger than {} bytes",
+                state.config.server.max_body_bytes
+            ),
+        )),
+        Err(e) => Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            e.body_text(),
+        )),
+    }
+}
+
+/// Runs `spec` in this daemon: its id claimed (a resubmitted id gets the first task's result),
+/// its conversation held for it, then built and started, answered as the caller asked.
+async fn run_here(
+    state: &Arc<AppState>,
+    mut spec: TaskSpec,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
+    let task_id = spec.id.get_or_insert_with(new_task_id).clone();
+    let wait = spec.wait.unwrap_or(true);
+    let record = match state.results.claim(&task_id) {
+        Claim::New(r) => r,
+        Claim::Existing(rx) => return resubmitted(state, &task_id, rx, wait).await,
     };
-    let built = match build(&state, spec).await {
+    let conversation = match &spec.conversation_id {
+        Some(c) => match state.conversations.begin(c, &task_id).await {
+            Ok(turns) => {
+                spec.earlier_turns = turns;
+                Some(ConversationTurn::new(state, c, &task_id, &spec.input))
+            }
+            Err(e) => return refuse(record, conversation_error_body(&e, &task_id)),
+        },
+        None => None,
+    };
+    let built = match build(state, spec).await {
         Ok(t) => t,
-        Err(e) => return spec_error_response(&state, &e),
+        Err(e) => {
+            if let Some(c) = conversation {
+                c.release(None).await;
+            }
+            let (status, kind) = spec_error_status(state, &e);
+            return refuse(record, (status, error_body(kind, &e.to_string(), &task_id)));
+        }
     };
-    let streaming = built.task.is_streaming();
-    let mut started = start(&state, built, permit, streaming);
+    let streaming = built.task.is_streaming() && wait;
+    let hooks = Hooks {
+        conversation,
+        record: Some(record),
+        ..Hooks::default()
+    };
+    let mut started = start(state, built, permit, streaming, hooks);
+    if !wait {
+        let Started { join, client, .. } = started;
+        // The task outlives this response: its "client" is the record now.
+        tokio::spawn(async move {
+            let _client = client;
+            let _ = join.await;
+        });
+        return accepted(&task_id, TaskState::Running);
+    }
     match started.relay.take() {
         Some(rx) => sse_response(started, rx),
         None => json_response(started).await,
     }
 }
 
+/// A fresh task id.
+pub(crate) fn new_task_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Records a task refused before it started, and answers with that.
+fn refuse(record: Recorder, (status, body): (StatusCode, Value)) -> Response {
+    record.finish(status.as_u16(), body.clone());
+    (status, axum::Json(body)).into_response()
+}
+
+/// `202 Accepted`: the task runs; its result is at `GET /v1/tasks/{id}`.
+pub(crate) fn accepted(task_id: &str, state: TaskState) -> Response {
+    let mut r = (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"task_id": task_id, "state": state})),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/tasks/{task_id}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// A submission whose id is taken: never a second run. The first task's result once it has
+/// ended (as JSON, even to a streaming request: its events went to the first caller), or 202.
+async fn resubmitted(
+    state: &AppState,
+    task_id: &str,
+    rx: tokio::sync::watch::Receiver<TaskRecord>,
+    wait: bool,
+) -> Response {
+    let record = if wait {
+        let timeout = Duration::from_millis(state.config.server.task_timeout_ms);
+        wait_ended(rx, timeout).await
+    } else {
+        rx.borrow().clone()
+    };
+    record_response(task_id, &record)
+}
+
+/// A task's record as the response: its stored response once ended, else 202 and its state.
+pub(crate) fn record_response(task_id: &str, record: &TaskRecord) -> Response {
+    let (status, body) = record.answer(task_id);
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let path = match body["path"].as_str() {
+        Some("sync") => Some(HeaderValue::from_static("sync")),
+        Some("async") => Some(HeaderValue::from_static("async")),
+        _ => None,
+    };
+    let mut r = (status, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(task_id) {
+        r.headers_mut().insert("x-grip-task-id", v);
+    }
+    if let Some(p) = path {
+        r.headers_mut().insert("x-grip-path", p);
+    }
+    r
+}
+
+/// `GET /v1/tasks/{id}`: the task's record (done, running, queued), from this daemon's memory or
+/// the queue's store.
+pub(super) async fn get_task(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let record = match &state.queue {
+        Some(front) => match front.record(&id).await {
+            Ok(r) => r,
+            Err(e) => {
+                return api_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue_unavailable",
+                    e.to_string(),
+                );
+            }
+        },
+        None => state.results.get(&id),
+    };
+    match record {
+        Some(r) => record_response(&id, &r),
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no task `{id}` is known here (records are kept for a while after a task ends)"
+            ),
+        ),
+    }
+}
+
+/// The status and body of a conversation that cannot be continued now.
+pub(crate) fn conversation_error_body(e: &ConversationError, task_id: &str) -> (StatusCode, Value) {
+    let (status, kind) = match e {
+        ConversationError::Busy { .. } => (StatusCode::CONFLICT, "conversation_busy"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "conversation_store"),
+    };
+    (status, error_body(kind, &e.to_string(), task_id))
+}
+
+/// A task's hold on its conversation, given back when it ends, with its turn if it succeeded.
+pub(crate) struct ConversationTurn {
+    store: Arc<Conversations>,
+    conversation: String,
+    task: String,
+    input: String,
+}
+
+impl ConversationTurn {
+    pub(crate) fn new(state: &AppState, conversation: &str, task: &str, input: &str) -> Self {
+        Self {
+            store: Arc::clone(&state.conversations),
+            conversation: conversation.to_owned(),
+            task: task.to_owned(),
+            input: input.to_owned(),
+        }
+    }
+
+    /// Gives the conversation back: with the answer as its new turn, unless the task failed
+    /// or ended asking its caller to run tools (no answer to remember).
+    pub(crate) async fn release(self, ended: Option<&Ended>) {
+        let answer = match ended {
+            Some(Ended::Done(Ok(out))) if out.tool_calls.is_empty() => Some(out.text.as_str()),
+            _ => None,
+        };
+        let turn = answer.map(|a| (self.input.as_str(), a));
+        if let Err(e) = self.store.end(&self.conversation, &self.task, turn).await {
+            tracing::error!(conversation = %self.conversation, "the task's turn is lost: {e}");
+        }
+    }
+}
+
+/// What a front adds around a task's run.
+#[derive(Default)]
+pub(crate) struct Hooks {
+    /// Published on the task's bus before it starts (a retried task's `TaskRetryEvent`).
+    pub(crate) first_event: Option<EventKind>,
+    /// The conversation the task holds, given back when it ends.
+    pub(crate) conversation: Option<ConversationTurn>,
+    /// Where this daemon keeps the task's result for `GET /v1/tasks/{id}`.
+    pub(crate) record: Option<Recorder>,
+}
+
 /// A task spawned on the daemon's tracker, and what its response needs.
-pub(super) struct Started {
-    pub(super) task_id: String,
-    pub(super) path: &'static str,
-    pub(super) withhold: bool,
-    pub(super) join: tokio::task::JoinHandle<Ended>,
+pub(crate) struct Started {
+    pub(crate) task_id: String,
+    pub(crate) path: &'static str,
+    pub(crate) withhold: bool,
+    pub(crate) join: tokio::task::JoinHandle<Ended>,
     /// Dropped with the response (or the handler, when the client goes away first): the task
     /// then stops with "the client went away".
-    pub(super) client: oneshot::Sender<()>,
+    pub(crate) client: oneshot::Sender<()>,
     /// The task's events, for an SSE response.
-    pub(super) relay: Option<mpsc::UnboundedReceiver<Event>>,
+    pub(crate) relay: Option<mpsc::UnboundedReceiver<Event>>,
 }
 
 /// Adds the request's listeners (metrics and the SSE relay, then the global ones) and spawns
 /// the task, which holds its permit until it ends.
-pub(super) fn start(
+pub(crate) fn start(
     state: &Arc<AppState>,
     built: BuiltTask,
     permit: tokio::sync::OwnedSemaphorePermit,
     relay: bool,
+    hooks: Hooks,
 ) -> Started {
     let BuiltTask {
         task,
@@ -353,10 +559,26 @@ pub(super) fn start(
     let span = tracing::info_span!("task", task_id = %task_id, driver = %driver_id, path);
     let (client, client_rx) = oneshot::channel::<()>();
     let st = Arc::clone(state);
+    let (id, first_bus) = (task_id.clone(), Arc::clone(&bus));
     let run = async move {
         let _permit = permit;
         let _guards = guards;
-        run_to_end(st, task, use_async, client_rx).await
+        if let Some(kind) = hooks.first_event {
+            first_bus
+                .apublish_event(&Event::new(id.clone(), "", kind))
+                .await;
+        }
+        let ended = run_to_end(st, task, use_async, client_rx).await;
+        // Before the run's end is told: a caller that got its answer may at once send the
+        // conversation's next task.
+        if let Some(c) = hooks.conversation {
+            c.release(Some(&ended)).await;
+        }
+        if let Some(r) = hooks.record {
+            let (status, body) = ended_outcome(&ended, &id, path, withhold);
+            r.finish(status.as_u16(), body);
+        }
+        ended
     };
     Started {
         task_id,
@@ -420,32 +642,54 @@ fn sse_response(started: Started, mut rx: mpsc::UnboundedReceiver<Event>) -> Res
 async fn json_response(started: Started) -> Response {
     let ended = started.join.await;
     drop(started.client);
-    let (task_id, withhold) = (&started.task_id, started.withhold);
-    let mut r = match ended {
-        Ok(Ended::Done(Ok(out))) => axum::Json(json!({
-            "task_id": task_id,
-            "output": out.text,
-            "json": out.json,
-            "usage": out.usage,
-            "subtasks": out.subtasks,
-            "tool_calls": out.tool_calls,
-            "finish_reason": out.finish_reason,
-            "path": started.path,
-        }))
-        .into_response(),
-        Ok(Ended::Done(Err(e))) => task_error_response(&e, task_id, withhold),
-        Ok(Ended::Stopped(reason)) => {
-            task_error_response(&TaskError::Stopped(reason), task_id, withhold)
-        }
-        Err(e) => api_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("the task failed: {e}"),
-        ),
-    };
+    let (status, body) = outcome(&ended, &started.task_id, started.path, started.withhold);
+    let mut r = (status, axum::Json(body)).into_response();
     r.headers_mut()
         .insert("x-grip-path", HeaderValue::from_static(started.path));
     r
+}
+
+/// The status and JSON body that answer a task which ended so: the one rendering of a result,
+/// for the JSON response, the daemon's record of it and a queue worker's.
+pub(crate) fn outcome(
+    ended: &Result<Ended, tokio::task::JoinError>,
+    task_id: &str,
+    path: &str,
+    withhold: bool,
+) -> (StatusCode, Value) {
+    match ended {
+        Ok(ended) => ended_outcome(ended, task_id, path, withhold),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            error_body("internal", &format!("the task failed: {e}"), task_id),
+        ),
+    }
+}
+
+/// [`outcome`] of a run that ended.
+pub(crate) fn ended_outcome(
+    ended: &Ended,
+    task_id: &str,
+    path: &str,
+    withhold: bool,
+) -> (StatusCode, Value) {
+    match ended {
+        Ended::Done(Ok(out)) => (
+            StatusCode::OK,
+            json!({
+                "task_id": task_id,
+                "output": out.text,
+                "json": out.json,
+                "usage": out.usage,
+                "subtasks": out.subtasks,
+                "tool_calls": out.tool_calls,
+                "finish_reason": out.finish_reason,
+                "path": path,
+            }),
+        ),
+        Ended::Done(Err(e)) => task_error_body(e, task_id, withhold),
+        Ended::Stopped(reason) => task_error_body(&TaskError::Stopped(*reason), task_id, withhold),
+    }
 }
 
 /// Runs `task` on its path until it ends, or until its client goes away, its time is up or the
@@ -626,7 +870,7 @@ impl Drop for Tracker {
 
 /// A response body fed by a producer future through a small channel (backpressure: the
 /// producer waits while the client is slow).
-pub(super) fn async_stream_body<F, Fut>(f: F) -> Body
+pub(crate) fn async_stream_body<F, Fut>(f: F) -> Body
 where
     F: FnOnce(mpsc::Sender<Result<Bytes, Infallible>>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,

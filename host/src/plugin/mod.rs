@@ -234,6 +234,7 @@ impl Plugin {
     pub fn knows_event(&self, kind: &EventKind) -> bool {
         match kind {
             EventKind::PromptRetry { .. } => sdk_at_least(&self.inner.info.sdk_version, (1, 2)),
+            EventKind::TaskRetry { .. } => sdk_at_least(&self.inner.info.sdk_version, (1, 4)),
             _ => true,
         }
     }

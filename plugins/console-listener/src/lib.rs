@@ -72,6 +72,14 @@ impl Console {
                         short(reason, 160)
                     ),
                 ),
+                EventKind::TaskRetry { attempt, reason } => line(
+                    &mut out,
+                    mid_line,
+                    format!(
+                        "↻ task run {attempt}, everything above is void: {}",
+                        short(reason, 160)
+                    ),
+                ),
                 EventKind::FinishPrompt {
                     output,
                     error,

@@ -1,0 +1,354 @@
+//! Tasks on NATS JetStream: `grip serve --nats` queues them, `grip worker` runs them, on as
+//! many machines as the cluster has.
+//!
+//! - **The queue** is a work-queue stream (`GRIP_TASKS`, subject `grip.tasks`) with one durable
+//!   pull consumer that every worker shares. A worker pulls a task only when it has a free slot,
+//!   says it is still working every third of `ack_wait` (an in-progress ack), and acks the task
+//!   once its result is stored. A worker that dies stops saying so: after `ack_wait` the task is
+//!   delivered to another worker (**at least once**). A task delivered more than
+//!   `max_attempts` times is dead-lettered: its record says so with the error, and it is
+//!   published on `grip.dead.<id>` (stream `GRIP_DEAD`).
+//! - **Records** ([`crate::results::TaskRecord`]) are in the KV bucket `grip_results`, one key
+//!   per task id: `queued` when the front accepts the task (created only if absent: a
+//!   resubmitted id is the same task, never a second one), `running` with the attempt and the
+//!   worker, then `done` with the status and body the daemon would have answered.
+//! - **Events** go out on `grip.events.<id>`, in order, each an SSE frame as the daemon sends it;
+//!   a task run again starts with a `TaskRetryEvent`. They are core NATS messages (at most
+//!   once): the record is what is durable, and a relayed stream ends with the record's finish
+//!   frame.
+//! - **Conversations** are in the KV bucket `grip_conversations` (see [`crate::conversation`]).
+//!
+//! Every name is configurable in `[queue]` (see [`QueueConfig`]).
+
+pub mod front;
+pub mod worker;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use serde::{Deserialize, Serialize};
+
+use crate::conversation::{ConversationConfig, Conversations};
+use crate::spec::TaskSpec;
+
+/// `[queue]`: where the tasks go and how they are run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// The NATS server(s), `nats://host:4222` (comma-separated for a cluster); `--nats` sets it.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The work-queue stream.
+    #[serde(default = "d::stream")]
+    pub stream: String,
+    /// Subjects start with this: `<prefix>.tasks`, `<prefix>.events.<id>`, `<prefix>.dead.<id>`.
+    #[serde(default = "d::subject_prefix")]
+    pub subject_prefix: String,
+    /// The workers' shared durable consumer.
+    #[serde(default = "d::consumer")]
+    pub consumer: String,
+    /// The KV bucket of task records.
+    #[serde(default = "d::results_bucket")]
+    pub results_bucket: String,
+    /// The KV bucket of conversations.
+    #[serde(default = "d::conversations_bucket")]
+    pub conversations_bucket: String,
+    /// The stream dead letters are kept in.
+    #[serde(default = "d::dead_letter_stream")]
+    pub dead_letter_stream: String,
+    /// Tasks waiting or running at once; beyond it a submission is refused (429).
+    #[serde(default = "d::max_pending")]
+    pub max_pending: i64,
+    /// Tasks one worker runs at once.
+    #[serde(default = "d::concurrency")]
+    pub concurrency: usize,
+    /// How long a worker may go without a sign of life before its task goes to another.
+    #[serde(default = "d::ack_wait_ms")]
+    pub ack_wait_ms: u64,
+    /// Deliveries of a task before it is dead-lettered.
+    #[serde(default = "d::max_attempts")]
+    pub max_attempts: u32,
+    /// How long a task's record is kept.
+    #[serde(default = "d::result_ttl_s")]
+    pub result_ttl_s: u64,
+    /// How long `POST /v1/tasks` waits for a queued task before answering 202 with its id.
+    #[serde(default = "d::wait_timeout_ms")]
+    pub wait_timeout_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            stream: d::stream(),
+            subject_prefix: d::subject_prefix(),
+            consumer: d::consumer(),
+            results_bucket: d::results_bucket(),
+            conversations_bucket: d::conversations_bucket(),
+            dead_letter_stream: d::dead_letter_stream(),
+            max_pending: d::max_pending(),
+            concurrency: d::concurrency(),
+            ack_wait_ms: d::ack_wait_ms(),
+            max_attempts: d::max_attempts(),
+            result_ttl_s: d::result_ttl_s(),
+            wait_timeout_ms: d::wait_timeout_ms(),
+        }
+    }
+}
+
+mod d {
+    pub fn stream() -> String {
+        "GRIP_TASKS".into()
+    }
+    pub fn subject_prefix() -> String {
+        "grip".into()
+    }
+    pub fn consumer() -> String {
+        "grip-workers".into()
+    }
+    pub fn results_bucket() -> String {
+        "grip_results".into()
+    }
+    pub fn conversations_bucket() -> String {
+        "grip_conversations".into()
+    }
+    pub fn dead_letter_stream() -> String {
+        "GRIP_DEAD".into()
+    }
+    pub fn max_pending() -> i64 {
+        10_000
+    }
+    pub fn concurrency() -> usize {
+        4
+    }
+    pub fn ack_wait_ms() -> u64 {
+        30_000
+    }
+    pub fn max_attempts() -> u32 {
+        3
+    }
+    pub fn result_ttl_s() -> u64 {
+        24 * 3600
+    }
+    pub fn wait_timeout_ms() -> u64 {
+        600_000
+    }
+}
+
+/// A queued task: the spec as the front accepted it (its `id` set).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// The task.
+    pub spec: TaskSpec,
+}
+
+/// Why the queue cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("NATS ({url}): {message}")]
+pub struct QueueError {
+    /// The server(s).
+    pub url: String,
+    /// What failed.
+    pub message: String,
+}
+
+/// A connection to the queue, with its streams and buckets made.
+#[derive(Clone)]
+pub struct Queue {
+    config: QueueConfig,
+    url: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    results: kv::Store,
+    conversations: kv::Store,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    /// Connects to `config.url` (retrying until the server answers: a worker may start first)
+    /// and makes the stream, the consumer and the buckets that do not exist yet.
+    ///
+    /// # Errors
+    /// A [`QueueError`] when no URL is set, or the server refuses a stream or bucket.
+    pub async fn connect(config: &QueueConfig, name: &str) -> Result<Self, QueueError> {
+        let url = config.url.clone().ok_or_else(|| QueueError {
+            url: "-".into(),
+            message: "no server: pass --nats URL or set queue.url".into(),
+        })?;
+        let fail = |what: &str, e: &dyn std::fmt::Display| QueueError {
+            url: url.clone(),
+            message: format!("{what}: {e}"),
+        };
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|e| async move { tracing::info!("NATS: {e}") })
+            .connect(url.as_str())
+            .await
+            .map_err(|e| fail("connecting", &e))?;
+        let js = jetstream::new(client.clone());
+        let ttl = Duration::from_secs(config.result_ttl_s);
+        let results = ensure_bucket(&js, &config.results_bucket, ttl)
+            .await
+            .map_err(|e| fail(&format!("bucket `{}`", config.results_bucket), &e))?;
+        let conversations = ensure_bucket(&js, &config.conversations_bucket, Duration::ZERO)
+            .await
+            .map_err(|e| fail(&format!("bucket `{}`", config.conversations_bucket), &e))?;
+        let queue = Self {
+            config: config.clone(),
+            url: url.clone(),
+            client,
+            js,
+            results,
+            conversations,
+        };
+        queue
+            .ensure_streams()
+            .await
+            .map_err(|e| fail("streams", &e))?;
+        Ok(queue)
+    }
+
+    async fn ensure_streams(&self) -> Result<(), async_nats::Error> {
+        let c = &self.config;
+        let tasks = self
+            .js
+            .get_or_create_stream(stream::Config {
+                name: c.stream.clone(),
+                subjects: vec![self.tasks_subject()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                max_messages: c.max_pending,
+                discard: stream::DiscardPolicy::New,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await?;
+        tasks
+            .get_or_create_consumer(
+                &c.consumer,
+                consumer::pull::Config {
+                    durable_name: Some(c.consumer.clone()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_millis(c.ack_wait_ms),
+                    // The delivery past the attempts is the one that dead-letters the task.
+                    max_deliver: i64::from(c.max_attempts) + 1,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: c.dead_letter_stream.clone(),
+                subjects: vec![format!("{}.dead.*", c.subject_prefix)],
+                storage: stream::StorageType::File,
+                max_age: Duration::from_secs(c.result_ttl_s.max(7 * 24 * 3600)),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The subject tasks are queued on.
+    fn tasks_subject(&self) -> String {
+        format!("{}.tasks", self.config.subject_prefix)
+    }
+
+    /// The subject of task `id`'s events.
+    fn events_subject(&self, id: &str) -> String {
+        format!("{}.events.{id}", self.config.subject_prefix)
+    }
+
+    /// The conversations, in the cluster's bucket; a task holds one for at most `lease`.
+    pub fn conversations(&self, limits: ConversationConfig, lease: Duration) -> Conversations {
+        Conversations::nats(self.conversations.clone(), limits, lease)
+    }
+
+    /// The settings it was opened with.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// The task's record, if there is one.
+    ///
+    /// # Errors
+    /// When the bucket cannot be read.
+    pub async fn record(&self, id: &str) -> Result<Option<crate::results::TaskRecord>, QueueError> {
+        let entry = self
+            .results
+            .get(id)
+            .await
+            .map_err(|e| self.error("reading a record", &e))?;
+        entry
+            .map(|b| serde_json::from_slice(&b))
+            .transpose()
+            .map_err(|e| self.error(&format!("record of `{id}`"), &e))
+    }
+
+    /// Writes the task's record.
+    ///
+    /// # Errors
+    /// When the bucket cannot be written.
+    pub async fn put_record(
+        &self,
+        id: &str,
+        record: &crate::results::TaskRecord,
+    ) -> Result<(), QueueError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| self.error("encoding a record", &e))?;
+        self.results
+            .put(id, bytes.into())
+            .await
+            .map(drop)
+            .map_err(|e| self.error("writing a record", &e))
+    }
+
+    fn error(&self, what: &str, e: &dyn std::fmt::Display) -> QueueError {
+        QueueError {
+            url: self.url.clone(),
+            message: format!("{what}: {e}"),
+        }
+    }
+}
+
+/// The bucket `name`, made if missing; history 1 (a record is its latest value).
+///
+/// The bucket's stream is made here with the stream settings of a KV bucket, rather than by
+/// `create_key_value`: that one first reads the account's info, whose reply from a NATS 2.9
+/// server (Debian 12's `nats-server`) lacks fields the client requires.
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<kv::Store, async_nats::Error> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    let made = js
+        .create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await;
+    match made {
+        Ok(_) => Ok(js.get_key_value(name).await?),
+        // Another process may have made it meanwhile.
+        Err(e) => js.get_key_value(name).await.map_err(|_| e.into()),
+    }
+}
