@@ -422,6 +422,18 @@ pub(crate) fn record_response(task_id: &str, record: &TaskRecord) -> Response {
     if let Some(p) = path {
         r.headers_mut().insert("x-grip-path", p);
     }
+    // Which worker ran it, on which delivery (a queue's records say).
+    if let Some(w) = record
+        .worker
+        .as_deref()
+        .and_then(|w| HeaderValue::from_str(w).ok())
+    {
+        r.headers_mut().insert("x-grip-worker", w);
+    }
+    if record.attempt > 0 {
+        r.headers_mut()
+            .insert("x-grip-attempt", HeaderValue::from(record.attempt));
+    }
     r
 }
 
