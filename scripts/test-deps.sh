@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Registry packages the tests need, installed where the tests look for them:
-# a Python venv at target/venv with the official OpenAI SDK (tests/tests/openai_front.rs).
+# - Debian's nats-server (2.9 on Debian 12), which the queue tests start (tests/tests/queue.rs);
+# - a Python venv at target/venv with the official OpenAI SDK (tests/tests/openai_front.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+  else
+    echo "nats-server is missing: install the Debian package nats-server (sudo apt-get install nats-server)" >&2
+    exit 1
+  fi
+fi
 if [ ! -x target/venv/bin/python ]; then
   mkdir -p target
   # Debian splits venv support out of python3: install it when it is missing (CI runs as root).

@@ -729,7 +729,10 @@ fn serve(
             .with_context(|| format!("cannot listen on {}", config.server.bind))?;
         let addr = listener.local_addr()?;
         let queue = match &config.queue.url {
-            Some(_) => Some(host::queue::Queue::connect(&config.queue, "grip-front").await?),
+            Some(_) => Some(
+                host::queue::Queue::connect(&config.queue, &config.conversations, "grip-front")
+                    .await?,
+            ),
             None => None,
         };
         let mut state = daemon::AppState::new(config, addr)?;
@@ -780,7 +783,8 @@ fn worker(
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let queue = host::queue::Queue::connect(&config.queue, &name).await?;
+        let queue =
+            host::queue::Queue::connect(&config.queue, &config.conversations, &name).await?;
         let registry = Registry::load_dirs(&config.plugins.manifest_dirs, &config.loader_options());
         for r in registry.refused() {
             tracing::warn!("{}", r.error);

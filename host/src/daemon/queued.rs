@@ -26,6 +26,14 @@ pub(super) async fn submit(state: &Arc<AppState>, queue: &Queue, mut spec: TaskS
     }
     let id = spec.id.get_or_insert_with(new_task_id).clone();
     let wait = spec.wait.unwrap_or(true);
+    // A waiting request holds a slot for as long as it waits: the front's own bound.
+    let permit = match wait {
+        true => match Arc::clone(&state.task_permits).try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => return super::tasks::overloaded(state),
+        },
+        false => None,
+    };
     let wait_for = Duration::from_millis(state.config.queue.wait_timeout_ms);
     // Subscribed before the task is queued: a worker may start it at once.
     let events = if spec.stream && wait {
@@ -52,7 +60,7 @@ pub(super) async fn submit(state: &Arc<AppState>, queue: &Queue, mut spec: TaskS
         return accepted(&id, TaskState::Queued);
     }
     match events {
-        Some(sub) => relay(queue.clone(), id, sub, wait_for),
+        Some(sub) => relay(queue.clone(), id, sub, wait_for, permit),
         None => match queue.wait(&id, wait_for).await {
             Ok(Some(r)) => record_response(&id, &r),
             Ok(None) => api_error(
@@ -72,9 +80,11 @@ fn relay(
     id: String,
     mut sub: async_nats::Subscriber,
     wait_for: Duration,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Response {
     let task_id = id.clone();
     let body = async_stream_body(move |tx| async move {
+        let _permit = permit;
         let ended = queue.wait(&id, wait_for);
         tokio::pin!(ended);
         let record = loop {

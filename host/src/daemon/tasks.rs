@@ -252,7 +252,7 @@ pub(crate) fn sse_frame(event: &Event, withhold: bool, output: Option<&TaskOutpu
 /// The `Retry-After` of a refused task, in seconds (the SDKs honour it).
 pub(crate) const RETRY_AFTER_SECS: HeaderValue = HeaderValue::from_static("1");
 
-fn overloaded(state: &AppState) -> Response {
+pub(crate) fn overloaded(state: &AppState) -> Response {
     state.metrics.outcome("rejected");
     let mut r = api_error(
         StatusCode::TOO_MANY_REQUESTS,

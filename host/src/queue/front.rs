@@ -93,8 +93,10 @@ impl Queue {
     }
 
     /// The record of `id` once the task has ended, or the latest one when `timeout` passes
-    /// first (`None`: no such task). Follows the record as it changes, and reads it again
-    /// every few seconds, so a watch lost to a reconnect costs only that delay.
+    /// first (`None`: no such task). A worker says on `<prefix>.done.<id>` when it has stored
+    /// a record; the record is also read again every few seconds, so a word lost to a
+    /// reconnect costs only that delay. (A subscription, not a KV watch: a watch is a consumer
+    /// on the server, one per waiting request.)
     ///
     /// # Errors
     /// When the record cannot be read at all.
@@ -104,38 +106,28 @@ impl Queue {
         timeout: Duration,
     ) -> Result<Option<TaskRecord>, QueueError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut done = self.client.subscribe(self.done_subject(id)).await.ok();
         loop {
-            let mut watch = self.results.watch(id).await.ok();
             let record = self.record(id).await?;
             match &record {
                 Some(r) if !r.state.ended() => {}
                 _ => return Ok(record),
             }
-            let changed = async {
-                match watch.as_mut() {
-                    Some(w) => loop {
-                        match w.next().await {
-                            Some(Ok(e)) => {
-                                let ended = serde_json::from_slice::<TaskRecord>(&e.value)
-                                    .is_ok_and(|r| r.state.ended());
-                                if ended {
-                                    return;
-                                }
-                            }
-                            _ => return,
-                        }
-                    },
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(record);
+            }
+            let word = async {
+                match done.as_mut() {
+                    Some(d) => {
+                        d.next().await;
+                    }
                     None => std::future::pending().await,
                 }
             };
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let slice = tokio::time::sleep(RECHECK.min(left));
             tokio::select! {
-                () = changed => {}
-                () = slice => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return self.record(id).await;
+                () = word => {}
+                () = tokio::time::sleep(RECHECK.min(left)) => {}
             }
         }
     }

@@ -71,6 +71,10 @@ pub struct QueueConfig {
     /// How long a task's record is kept.
     #[serde(default = "d::result_ttl_s")]
     pub result_ttl_s: u64,
+    /// Bytes the records may take on the server; beyond it new tasks are refused (503) until
+    /// old records expire.
+    #[serde(default = "d::results_max_bytes")]
+    pub results_max_bytes: i64,
     /// How long `POST /v1/tasks` waits for a queued task before answering 202 with its id.
     #[serde(default = "d::wait_timeout_ms")]
     pub wait_timeout_ms: u64,
@@ -91,6 +95,7 @@ impl Default for QueueConfig {
             ack_wait_ms: d::ack_wait_ms(),
             max_attempts: d::max_attempts(),
             result_ttl_s: d::result_ttl_s(),
+            results_max_bytes: d::results_max_bytes(),
             wait_timeout_ms: d::wait_timeout_ms(),
         }
     }
@@ -129,6 +134,9 @@ mod d {
     }
     pub fn result_ttl_s() -> u64 {
         24 * 3600
+    }
+    pub fn results_max_bytes() -> i64 {
+        1 << 30
     }
     pub fn wait_timeout_ms() -> u64 {
         600_000
@@ -173,11 +181,16 @@ impl std::fmt::Debug for Queue {
 
 impl Queue {
     /// Connects to `config.url` (retrying until the server answers: a worker may start first)
-    /// and makes the stream, the consumer and the buckets that do not exist yet.
+    /// and makes the stream, the consumer and the buckets that do not exist yet (the
+    /// conversations' bucket bounded by `limits`).
     ///
     /// # Errors
     /// A [`QueueError`] when no URL is set, or the server refuses a stream or bucket.
-    pub async fn connect(config: &QueueConfig, name: &str) -> Result<Self, QueueError> {
+    pub async fn connect(
+        config: &QueueConfig,
+        limits: &ConversationConfig,
+        name: &str,
+    ) -> Result<Self, QueueError> {
         let url = config.url.clone().ok_or_else(|| QueueError {
             url: "-".into(),
             message: "no server: pass --nats URL or set queue.url".into(),
@@ -196,12 +209,19 @@ impl Queue {
             .map_err(|e| fail("connecting", &e))?;
         let js = jetstream::new(client.clone());
         let ttl = Duration::from_secs(config.result_ttl_s);
-        let results = ensure_bucket(&js, &config.results_bucket, ttl)
+        let results = ensure_bucket(&js, &config.results_bucket, ttl, config.results_max_bytes)
             .await
             .map_err(|e| fail(&format!("bucket `{}`", config.results_bucket), &e))?;
-        let conversations = ensure_bucket(&js, &config.conversations_bucket, Duration::ZERO)
-            .await
-            .map_err(|e| fail(&format!("bucket `{}`", config.conversations_bucket), &e))?;
+        let conversation_bytes =
+            (limits.max_conversations as i64).saturating_mul(limits.max_bytes as i64 + 1024);
+        let conversations = ensure_bucket(
+            &js,
+            &config.conversations_bucket,
+            Duration::from_secs(limits.ttl_s),
+            conversation_bytes,
+        )
+        .await
+        .map_err(|e| fail(&format!("bucket `{}`", config.conversations_bucket), &e))?;
         let queue = Self {
             config: config.clone(),
             url: url.clone(),
@@ -267,6 +287,11 @@ impl Queue {
         format!("{}.events.{id}", self.config.subject_prefix)
     }
 
+    /// The subject a worker tells on that it stored task `id`'s final record.
+    fn done_subject(&self, id: &str) -> String {
+        format!("{}.done.{id}", self.config.subject_prefix)
+    }
+
     /// The conversations, in the cluster's bucket; a task holds one for at most `lease`.
     pub fn conversations(&self, limits: ConversationConfig, lease: Duration) -> Conversations {
         Conversations::nats(self.conversations.clone(), limits, lease)
@@ -318,7 +343,8 @@ impl Queue {
     }
 }
 
-/// The bucket `name`, made if missing; history 1 (a record is its latest value).
+/// The bucket `name`, made if missing: history 1 (a record is its latest value), entries
+/// expiring after `max_age`, at most `max_bytes` in all.
 ///
 /// The bucket's stream is made here with the stream settings of a KV bucket, rather than by
 /// `create_key_value`: that one first reads the account's info, whose reply from a NATS 2.9
@@ -327,6 +353,7 @@ async fn ensure_bucket(
     js: &jetstream::Context,
     name: &str,
     max_age: Duration,
+    max_bytes: i64,
 ) -> Result<kv::Store, async_nats::Error> {
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
@@ -337,6 +364,7 @@ async fn ensure_bucket(
             subjects: vec![format!("$KV.{name}.>")],
             max_messages_per_subject: 1,
             max_age,
+            max_bytes,
             storage: stream::StorageType::File,
             allow_rollup: true,
             deny_delete: true,

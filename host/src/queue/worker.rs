@@ -192,8 +192,7 @@ impl Worker {
             ..record
         };
         self.store(id, &record).await;
-        self.publish_frame(id, attempt, "FinishTaskEvent", finish.into_bytes().into())
-            .await;
+        self.publish_end(id, attempt, finish).await;
         Settle::Ack
     }
 
@@ -301,6 +300,17 @@ impl Worker {
         }
     }
 
+    /// Tells the task's followers it has ended: its finish frame to the event subject, and a
+    /// word to the waiting fronts (the record is stored by now).
+    async fn publish_end(&self, id: &str, attempt: u32, finish: String) {
+        self.publish_frame(id, attempt, "FinishTaskEvent", finish.into_bytes().into())
+            .await;
+        let done = self.queue.done_subject(id);
+        if let Err(e) = self.queue.client.publish(done, Default::default()).await {
+            tracing::debug!(task_id = %id, "the end was not told: {e}");
+        }
+    }
+
     /// Stores the record, retrying while NATS is away: the task is acked only after this, so
     /// giving up would run it again; the daemon's shutdown ends the retries.
     async fn store(&self, id: &str, record: &TaskRecord) {
@@ -356,8 +366,7 @@ impl Worker {
             tracing::error!(task_id = %id, "publishing the dead letter failed: {e}");
         }
         self.store(id, &record).await;
-        self.publish_frame(id, attempts, "FinishTaskEvent", frame.into_bytes().into())
-            .await;
+        self.publish_end(id, attempts, frame).await;
         Settle::Ack
     }
 }
