@@ -8,40 +8,10 @@
 
 use std::time::{Duration, Instant};
 
+use e2e::load::{percentile, run};
 use e2e::procs::{start_daemon, start_mock, status_kib};
 use e2e::{ManifestSpec, scripted};
-use futures::StreamExt;
 use serde_json::{Value, json};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-async fn run(
-    n: usize,
-    c: usize,
-    f: impl Fn() -> futures::future::BoxFuture<'static, ()>,
-) -> (Vec<Duration>, Duration) {
-    let start = Instant::now();
-    let mut lat: Vec<Duration> = futures::stream::iter(0..n)
-        .map(|_| {
-            let fut = f();
-            async move {
-                let t = Instant::now();
-                fut.await;
-                t.elapsed()
-            }
-        })
-        .buffer_unordered(c)
-        .collect()
-        .await;
-    let wall = start.elapsed();
-    lat.sort();
-    (lat, wall)
-}
 
 fn main() {
     let (mut upstream, base_url) = start_mock(&[]);

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use host::{LoaderOptions, Registry};
 
 pub mod daemon;
+pub mod load;
 pub mod mock_llm;
 pub mod nats;
 pub mod procs;
