@@ -346,3 +346,23 @@ impl DaemonConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_config_file_loads_with_its_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../grip.toml");
+        let loaded = DaemonConfig::load(&path);
+        assert!(loaded.is_ok(), "{loaded:?}");
+        if let Ok(c) = loaded {
+            let d = crate::queue::QueueConfig::default();
+            assert_eq!(
+                (c.queue.concurrency, c.queue.max_attempts, &c.queue.stream),
+                (d.concurrency, d.max_attempts, &d.stream)
+            );
+            assert_eq!(c.conversations.max_turns, 50);
+        }
+    }
+}
