@@ -590,29 +590,13 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{e}{}", nothing_found(&registry, &dirs)))?;
     let mut listener_configs = id_json_args("--listener-config", &args.listener_configs)?;
     let spec = TaskSpec {
-        driver: Some(args.driver.clone()),
-        config: args
-            .config
-            .as_deref()
-            .map(|c| json_arg("--config", c))
-            .transpose()?,
-        input: args.input,
-        tools: args.tools,
-        tool_config: id_json_args("--tool-config", &args.tool_configs)?,
-        output_schema: args
-            .output_schema
-            .as_deref()
-            .map(|s| json_arg("--output-schema", s))
-            .transpose()?,
-        max_subtasks: Some(args.max_subtasks),
         stream: !args.no_stream && plugin.can(Kind::PromptDriver, Mode::Stream),
-        rules: args.rules,
         path: match args.path {
             RunPath::Auto => PathChoice::Auto,
             RunPath::Sync => PathChoice::Sync,
             RunPath::Async => PathChoice::Async,
         },
-        ..TaskSpec::default()
+        ..spec_of(&args)?
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -690,6 +674,32 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
         out.subtasks
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The task `grip run` asks for, from its arguments (the stream and path are the caller's to
+/// set: they depend on where it runs).
+fn spec_of(args: &RunArgs) -> anyhow::Result<TaskSpec> {
+    Ok(TaskSpec {
+        driver: Some(args.driver.clone()),
+        config: args
+            .config
+            .as_deref()
+            .map(|c| json_arg("--config", c))
+            .transpose()?,
+        input: args.input.clone(),
+        tools: args.tools.clone(),
+        tool_config: id_json_args("--tool-config", &args.tool_configs)?,
+        output_schema: args
+            .output_schema
+            .as_deref()
+            .map(|s| json_arg("--output-schema", s))
+            .transpose()?,
+        max_subtasks: Some(args.max_subtasks),
+        rules: args.rules.clone(),
+        id: args.id.clone(),
+        conversation_id: args.conversation.clone(),
+        ..TaskSpec::default()
+    })
 }
 
 /// Whether `run()` / `async_run()` refused the task before publishing anything.

@@ -13,7 +13,7 @@ use host::queue::front::Submitted;
 use host::spec::TaskSpec;
 use serde_json::Value;
 
-use crate::{RunArgs, id_json_args, json_arg, load_config};
+use crate::{RunArgs, load_config, spec_of};
 
 /// How long the CLI waits for a queued task's result.
 const WAIT: Duration = Duration::from_secs(24 * 3600);
@@ -24,26 +24,9 @@ pub(crate) fn run(args: RunArgs, url: String) -> anyhow::Result<ExitCode> {
     config.url = Some(url);
     let id = args.id.clone().unwrap_or_else(uuid_like);
     let spec = TaskSpec {
-        driver: Some(args.driver.clone()),
-        config: args
-            .config
-            .as_deref()
-            .map(|c| json_arg("--config", c))
-            .transpose()?,
-        input: args.input.clone(),
-        tools: args.tools.clone(),
-        tool_config: id_json_args("--tool-config", &args.tool_configs)?,
-        output_schema: args
-            .output_schema
-            .as_deref()
-            .map(|s| json_arg("--output-schema", s))
-            .transpose()?,
-        max_subtasks: Some(args.max_subtasks),
         stream: !args.no_stream,
-        rules: args.rules.clone(),
         id: Some(id.clone()),
-        conversation_id: args.conversation.clone(),
-        ..TaskSpec::default()
+        ..spec_of(&args)?
     };
     spec.check_fields(&host::spec::Permissive)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

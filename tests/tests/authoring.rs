@@ -458,8 +458,14 @@ async fn a_plugin_built_against_plugin_api_1_0_0_loads_and_works_in_this_host() 
         reason: "cut".into(),
     });
     assert!(!p.knows_event(&retry.kind));
+    // Nor 1.4's TaskRetryEvent (a queued task's second run).
+    let task_retry = event(plugin_api::wire::EventKind::TaskRetry {
+        attempt: 2,
+        reason: "worker gone".into(),
+    });
+    assert!(!p.knows_event(&task_retry.kind));
     listener
-        .publish_async(&[start.clone(), retry.clone()])
+        .publish_async(&[start.clone(), retry.clone(), task_retry.clone()])
         .await
         .unwrap();
     tokio::task::block_in_place(|| listener.publish(std::slice::from_ref(&retry))).unwrap();
@@ -467,5 +473,6 @@ async fn a_plugin_built_against_plugin_api_1_0_0_loads_and_works_in_this_host() 
     let _l = bus.add_listener(host::EventListener::new("gen1").driver(listener, 1));
     bus.apublish_event(&start).await;
     bus.apublish_event(&retry).await;
+    bus.apublish_event(&task_retry).await;
     assert_eq!(bus.listener_failures(), 0);
 }

@@ -774,13 +774,7 @@ fn stream_response(
         }
         let _ = send(Bytes::from_static(b"data: [DONE]\n\n")).await;
     });
-    let mut r = Response::new(body);
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let r = tasks::event_stream(body);
     with_headers(r, (&task_id, path), ignored)
 }
 

@@ -123,13 +123,8 @@ fn relay(
         };
         let _ = tx.send(Ok(frame.into())).await;
     });
-    let mut r = Response::new(body);
+    let mut r = super::tasks::event_stream(body);
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if let Ok(v) = HeaderValue::from_str(&task_id) {
         h.insert("x-grip-task-id", v);
     }

@@ -386,6 +386,9 @@ pub(crate) fn accepted(task_id: &str, state: TaskState) -> Response {
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/tasks/{task_id}")) {
         r.headers_mut().insert(header::LOCATION, v);
     }
+    if let Ok(v) = HeaderValue::from_str(task_id) {
+        r.headers_mut().insert("x-grip-task-id", v);
+    }
     r
 }
 
@@ -635,13 +638,8 @@ fn sse_response(started: Started, mut rx: mpsc::UnboundedReceiver<Event>) -> Res
         }
         let _ = join.await;
     });
-    let mut r = Response::new(body);
+    let mut r = event_stream(body);
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-grip-path", HeaderValue::from_static(path));
     h.insert(
         "x-grip-task-id",
@@ -878,6 +876,18 @@ impl Drop for Tracker {
             self.state.metrics.outcome("cancelled");
         }
     }
+}
+
+/// A `text/event-stream` response of `body`, not to be cached.
+pub(crate) fn event_stream(body: Body) -> Response {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }
 
 /// A response body fed by a producer future through a small channel (backpressure: the

@@ -53,14 +53,31 @@ impl Queue {
             Ok(_) => {}
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let record = self.record(&id).await?.unwrap_or(queued);
+                if record.state == TaskState::Queued {
+                    // Queued, but perhaps never published (its front died in between): queue it
+                    // again under the same message id. The stream drops the copy within its
+                    // duplicate window, and a worker given a task whose record has ended only
+                    // acks it.
+                    let _ = self.publish_job(&id, spec).await;
+                }
                 return Ok(Submitted::Existing(record));
             }
             Err(e) => return Err(self.error("creating the task's record", &e).into()),
         }
+        if let Err(e) = self.publish_job(&id, spec).await {
+            // Not queued: the id is free again, for the caller's retry.
+            let _ = self.results.purge(&id).await;
+            return Err(e);
+        }
+        Ok(Submitted::New)
+    }
+
+    /// Publishes the task on the queue's subject, acknowledged by the stream.
+    async fn publish_job(&self, id: &str, spec: &TaskSpec) -> Result<(), SubmitError> {
         let job = serde_json::to_vec(&Job { spec: spec.clone() })
             .map_err(|e| self.error("encoding", &e))?;
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("Nats-Msg-Id", id);
         let published = match self
             .js
             .publish_with_headers(self.tasks_subject(), headers, job.into())
@@ -69,16 +86,13 @@ impl Queue {
             Ok(ack) => ack.await.map(drop),
             Err(e) => Err(e),
         };
-        if let Err(e) = published {
-            // Not queued: the id is free again, for the caller's retry.
-            let _ = self.results.purge(&id).await;
-            return Err(if is_full(&e) {
+        published.map_err(|e| {
+            if is_full(&e) {
                 SubmitError::Full(self.config.max_pending)
             } else {
                 self.error("queueing the task", &e).into()
-            });
-        }
-        Ok(Submitted::New)
+            }
+        })
     }
 
     /// The events of task `id` from now on, each an SSE frame; subscribe before submitting.
