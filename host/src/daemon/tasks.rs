@@ -317,11 +317,15 @@ async fn run_here(
     mut spec: TaskSpec,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
-    let task_id = spec.id.get_or_insert_with(new_task_id).clone();
     let wait = spec.wait.unwrap_or(true);
-    let record = match state.results.claim(&task_id) {
-        Claim::New(r) => r,
-        Claim::Existing(rx) => return resubmitted(state, &task_id, rx, wait).await,
+    // Only a task the caller will look for again is recorded: one given an id, or not waited
+    // for. The rest cost no copy of their result.
+    let recorded = spec.id.is_some() || !wait;
+    let task_id = spec.id.get_or_insert_with(new_task_id).clone();
+    let record = match recorded.then(|| state.results.claim(&task_id)) {
+        Some(Claim::New(r)) => Some(r),
+        Some(Claim::Existing(rx)) => return resubmitted(state, &task_id, rx, wait).await,
+        None => None,
     };
     let conversation = match &spec.conversation_id {
         Some(c) => match state.conversations.begin(c, &task_id).await {
@@ -346,7 +350,7 @@ async fn run_here(
     let streaming = built.task.is_streaming() && wait;
     let hooks = Hooks {
         conversation,
-        record: Some(record),
+        record,
         ..Hooks::default()
     };
     let mut started = start(state, built, permit, streaming, hooks);
@@ -371,8 +375,10 @@ pub(crate) fn new_task_id() -> String {
 }
 
 /// Records a task refused before it started, and answers with that.
-fn refuse(record: Recorder, (status, body): (StatusCode, Value)) -> Response {
-    record.finish(status.as_u16(), body.clone());
+fn refuse(record: Option<Recorder>, (status, body): (StatusCode, Value)) -> Response {
+    if let Some(r) = record {
+        r.finish(status.as_u16(), body.clone());
+    }
     (status, axum::Json(body)).into_response()
 }
 

@@ -174,6 +174,12 @@ impl Worker {
         }
         let max = self.queue.config().max_attempts;
         if attempt > max {
+            // The conversation a dying attempt held is free now, not when its lease runs out.
+            if let Some(c) = &spec.conversation_id
+                && let Err(e) = self.state.conversations.end(c, id, None).await
+            {
+                tracing::warn!(task_id = %id, "releasing the conversation failed: {e}");
+            }
             let last = previous.and_then(|r| r.worker);
             return self.dead_letter(id, attempt - 1, last, payload).await;
         }
