@@ -66,6 +66,10 @@ enum Command {
         /// This worker's name in task records (default: host name and process id).
         #[arg(long)]
         name: Option<String>,
+        /// Serve `GET /healthz` and `GET /metrics` (the worker's task counters) on this address
+        /// (loopback unless `server.auth_token_env` is set, as for `grip serve`).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Serve one process-isolated plugin to its host over stdin/stdout (started by the host).
     #[command(hide = true)]
@@ -323,7 +327,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plugins { command } => plugins(command),
         Command::Run(args) => run_task(*args),
         Command::Serve { config, bind, nats } => serve(config, bind, nats),
-        Command::Worker { nats, config, name } => worker(config, nats, name),
+        Command::Worker {
+            nats,
+            config,
+            name,
+            metrics,
+        } => worker(config, nats, name, metrics),
         Command::PluginHost { manifest, library } => {
             Ok(host::isolation::serve_child(&manifest, &library))
         }
@@ -781,6 +790,7 @@ fn worker(
     config: Option<PathBuf>,
     nats: Option<String>,
     name: Option<String>,
+    metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     let mut config = load_config(config.as_deref())?;
     if nats.is_some() {
@@ -799,8 +809,23 @@ fn worker(
         for r in registry.refused() {
             tracing::warn!("{}", r.error);
         }
-        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut state = daemon::AppState::from_parts(config, registry, None, loopback)?;
+        let ops = match metrics {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            ),
+            None => None,
+        };
+        let addr = match &ops {
+            Some(l) => l.local_addr()?,
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let token = match &config.server.auth_token_env {
+            Some(var) if ops.is_some() => std::env::var(var).ok(),
+            _ => None,
+        };
+        let mut state = daemon::AppState::from_parts(config, registry, token, addr)?;
         state.prepare_models().await;
         state.use_queue(queue.clone());
         let loaded: Vec<&str> = state.registry().plugins().map(|p| p.id()).collect();
@@ -811,6 +836,11 @@ fn worker(
             state.config().queue.concurrency
         );
         let state = Arc::new(state);
+        if let Some(listener) = ops {
+            eprintln!("grip: worker metrics on http://{}", listener.local_addr()?);
+            let st = Arc::clone(&state);
+            tokio::spawn(daemon::serve_ops(st, listener, std::future::pending()));
+        }
         host::queue::worker::run(Arc::clone(&state), queue, name, daemon::shutdown_signal())
             .await?;
         state.flush_listeners().await;

@@ -26,7 +26,7 @@ fn task(
         Box::pin(async move {
             let r = client
                 .post(url)
-                .json(&json!({"input": "hello"}))
+                .json(&json!({"driver": "scripted", "input": "hello"}))
                 .send()
                 .await
                 .expect("POST");
@@ -102,7 +102,7 @@ fn main() {
     let (_front, base) = cluster.front();
     let mut pair = [cluster.worker("a"), cluster.worker("b")];
     let recovered = rt.block_on(async {
-        let body = json!({"id": "r1", "input": "x", "wait": false, "config": {"delay_ms": 1000}});
+        let body = json!({"id": "r1", "driver": "scripted", "input": "x", "wait": false, "config": {"delay_ms": 1000}});
         let r = client
             .post(format!("{base}/v1/tasks"))
             .json(&body)

@@ -166,12 +166,26 @@ impl Cluster {
 
     /// `grip worker --name <name>`, once it is ready.
     pub fn worker(&self, name: &str) -> Proc {
-        let mut cmd = artifacts().grip_command();
-        cmd.args(["worker", "--name", name, "--config"])
-            .arg(&self.config)
-            .current_dir(self.dir.path());
-        let (child, _) = procs::spawn_line(cmd, "ready on ");
+        let mut cmd = self.worker_command(name);
+        let (child, _) = procs::spawn_line(cmd.arg("--config").arg(&self.config), "ready on ");
         Proc(child)
+    }
+
+    /// `grip worker --name <name> --metrics 127.0.0.1:0`, once it serves: it and the base URL
+    /// of its metrics port.
+    pub fn worker_with_metrics(&self, name: &str) -> (Proc, String) {
+        let mut cmd = self.worker_command(name);
+        cmd.args(["--metrics", "127.0.0.1:0", "--config"])
+            .arg(&self.config);
+        let (child, addr) = procs::spawn_line(cmd, "worker metrics on ");
+        (Proc(child), addr)
+    }
+
+    fn worker_command(&self, name: &str) -> Command {
+        let mut cmd = artifacts().grip_command();
+        cmd.args(["worker", "--name", name])
+            .current_dir(self.dir.path());
+        cmd
     }
 
     /// `grip serve` (a front of the queue), once it listens: it and its base URL.

@@ -64,7 +64,7 @@ fn slow(input: &str, ms: u64) -> Value {
 async fn two_workers_share_the_tasks_and_results_events_and_records_come_back_through_the_front() {
     let cluster = Cluster::new("concurrency = 4");
     let _w1 = cluster.worker("w1");
-    let _w2 = cluster.worker("w2");
+    let (_w2, w2_metrics) = cluster.worker_with_metrics("w2");
     let (_front, base) = cluster.front();
 
     // Many at once: every one answered with its own result; both workers took some.
@@ -85,6 +85,25 @@ async fn two_workers_share_the_tasks_and_results_events_and_records_come_back_th
         ["w1", "w2"].map(String::from).into(),
         "both workers ran tasks"
     );
+    // A worker's own port: its health and its tasks' counters.
+    let metrics = client()
+        .get(format!("{w2_metrics}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("grip_tasks_total{outcome=\"ok\"}"),
+        "{metrics}"
+    );
+    let health = client()
+        .get(format!("{w2_metrics}/healthz"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(health.status(), 200);
 
     // SSE relayed from the worker: the events in order, the finish event last, with the result.
     let r = client()

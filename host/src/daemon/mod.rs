@@ -379,6 +379,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Serves a worker's own port (`grip worker --metrics ADDR`) until `shutdown`: `GET /healthz`
+/// and `GET /metrics` (its tasks' counters), behind the daemon's guard and connection timeouts.
+pub async fn serve_ops(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let header_timeout = Duration::from_millis(state.config.server.header_timeout_ms.max(1));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(render_metrics))
+        .fallback(|| async { api_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            guard::guard,
+        ))
+        .with_state(state);
+    let connections = conn::accept_until(listener, app, header_timeout, shutdown).await;
+    let _ = tokio::time::timeout(STOP_WAIT, connections.shutdown()).await;
+}
+
 /// Serves until `shutdown` resolves; then lets in-flight tasks finish for up to the grace
 /// period, stops the ones still running (each publishes its `FinishTaskEvent` with the error),
 /// lets open responses end, and flushes the global listeners. Idle and half-open connections
