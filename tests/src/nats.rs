@@ -167,7 +167,8 @@ impl Cluster {
     /// `grip worker --name <name>`, once it is ready.
     pub fn worker(&self, name: &str) -> Proc {
         let mut cmd = self.worker_command(name);
-        let (child, _) = procs::spawn_line(cmd.arg("--config").arg(&self.config), "ready on ");
+        cmd.arg("--config").arg(&self.config);
+        let (child, _) = procs::spawn_line(cmd, "ready on ");
         Proc(child)
     }
 
