@@ -22,7 +22,7 @@ pub(crate) fn run(args: RunArgs, url: String) -> anyhow::Result<ExitCode> {
     let loaded = load_config(args.queue_config.as_deref())?;
     let mut config = loaded.queue;
     config.url = Some(url);
-    let id = args.id.clone().unwrap_or_else(uuid_like);
+    let id = args.id.clone().unwrap_or_else(host::daemon::new_task_id);
     let spec = TaskSpec {
         stream: !args.no_stream,
         id: Some(id.clone()),
@@ -124,9 +124,4 @@ async fn print_events(mut events: async_nats::Subscriber, follow: bool, quiet: b
         }
     }
     streamed
-}
-
-/// A fresh task id.
-fn uuid_like() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
 }

@@ -114,6 +114,24 @@ impl Proc {
         let _ = self.0.wait();
     }
 
+    /// Freezes it (SIGSTOP) until [`Proc::resume`]: alive, connected, and silent.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    #[allow(unsafe_code)]
+    fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.id()).expect("a pid");
+        // SAFETY: kill(2) on our own child's pid, which is not reaped while `self` lives.
+        let r = unsafe { libc::kill(pid, sig) };
+        assert_eq!(r, 0, "kill({pid}, {sig})");
+    }
+
     /// Whether it has exited.
     pub fn exited(&mut self) -> bool {
         matches!(self.0.try_wait(), Ok(Some(_)))

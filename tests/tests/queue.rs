@@ -503,6 +503,99 @@ async fn a_single_daemon_keeps_records_ids_and_conversations_the_same_way() {
 
     let (status, _, body) = post(&d, json!({"input": "x", "conversation_id": "has space"})).await;
     assert_eq!(status, 400, "{body}");
+    // An id that is no name is refused before it becomes a key: nothing is kept under it.
+    let long = "i".repeat(65);
+    let (status, _, body) = post(&d, json!({"input": "x", "id": long, "wait": false})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(record(&base, &long).await.0, 400);
+    assert_eq!(record(&base, "a.b").await.0, 400);
     assert_eq!(record(&base, "unknown").await.0, 404);
     d.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queued_task_is_one_message_however_often_it_is_sent() {
+    let cluster = Cluster::new("");
+    let (_front, base) = cluster.front();
+    for _ in 0..3 {
+        let (status, _, body) = submit(
+            &base,
+            &json!({"input": "once", "id": "once", "wait": false}),
+        )
+        .await;
+        assert_eq!((status, &body["state"]), (202, &json!("queued")), "{body}");
+    }
+    let nats = async_nats::connect(&cluster.nats.url)
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(nats);
+    // Past the stream's duplicate window a front resending it sends no message id that
+    // helps: the task's subject still holds one message only.
+    let copy = js
+        .publish(
+            "grip.tasks.once",
+            r#"{"spec":{"input":"twice","id":"once"}}"#.into(),
+        )
+        .await
+        .expect("publish");
+    let refused = copy.await.expect_err("a second message for a queued task");
+    assert!(refused.to_string().contains("per subject"), "{refused}");
+    let mut stream = js.get_stream("GRIP_TASKS").await.expect("the stream");
+    assert_eq!(stream.info().await.expect("info").state.messages, 1);
+
+    let _w = cluster.worker("w1");
+    let (status, _, body) = poll(&base, "once", Duration::from_secs(15), |s, _| s == 200).await;
+    assert_eq!(
+        (status, &body["output"]),
+        (200, &json!("echo: once")),
+        "{body}"
+    );
+    assert_eq!(stream.info().await.expect("info").state.messages, 0);
+    assert_eq!(record(&base, "a.b").await.0, 400, "no such key is read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_frozen_past_ack_wait_gives_its_task_up_to_the_one_that_took_it_over() {
+    let cluster = Cluster::new("ack_wait_ms = 1500");
+    let mut w1 = cluster.worker("w1");
+    let (_front, base) = cluster.front();
+    let mut body = slow("frozen", 4000);
+    body["id"] = json!("frozen");
+    body["wait"] = json!(false);
+    assert_eq!(submit(&base, &body).await.0, 202);
+    let (_, _, running) = poll(&base, "frozen", Duration::from_secs(10), |_, b| {
+        b["worker"] == "w1"
+    })
+    .await;
+    assert_eq!(running["worker"], "w1", "{running}");
+    let _w2 = cluster.worker("w2");
+    // Frozen (a stopped VM, a long pause) past ack_wait: the queue gives the task to w2. When
+    // w1 wakes, it must see that and stop, not store its attempt's result over w2's.
+    w1.pause();
+    let _ = poll(&base, "frozen", Duration::from_secs(10), |_, b| {
+        b["worker"] == "w2"
+    })
+    .await;
+    w1.resume();
+    let (status, h, body) = poll(&base, "frozen", Duration::from_secs(20), |s, _| s == 200).await;
+    assert_eq!(
+        (status, &body["output"]),
+        (200, &json!("echo: frozen")),
+        "{body}"
+    );
+    assert_eq!(
+        header(&h, "x-grip-worker"),
+        "w2",
+        "the first result stored is w2's"
+    );
+    // 2, or 3 when the redelivery went first to a pull w1 had asked for before it froze.
+    assert_ne!(header(&h, "x-grip-attempt"), "1");
+    // w1 gave the task up without going down, and the cluster carries on.
+    assert!(!w1.exited());
+    let (status, _, next) = submit(&base, &json!({"input": "next"})).await;
+    assert_eq!(
+        (status, &next["output"]),
+        (200, &json!("echo: next")),
+        "{next}"
+    );
 }

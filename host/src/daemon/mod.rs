@@ -34,6 +34,7 @@ pub mod metrics;
 mod openai;
 mod queued;
 pub(crate) mod tasks;
+pub use tasks::new_task_id;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -118,6 +119,12 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+/// How long a task may hold its conversation: past its timeout, and past the time its queue
+/// takes to give it to another worker, so only a task that is gone loses its hold.
+fn conversation_lease(config: &DaemonConfig) -> Duration {
+    Duration::from_millis(config.server.task_timeout_ms + 2 * config.queue.ack_wait_ms)
+}
+
 impl AppState {
     /// Loads the plugins (reading the token from the environment), then
     /// [`AppState::from_parts`]. Model files are not fetched: see [`AppState::prepare_models`].
@@ -169,8 +176,7 @@ impl AppState {
         let any_isolated = registry
             .plugins()
             .any(|p| p.isolation() == crate::isolation::Isolation::Process);
-        let lease =
-            Duration::from_millis(config.server.task_timeout_ms + 2 * config.queue.ack_wait_ms);
+        let lease = conversation_lease(&config);
         Ok(Self {
             results: Arc::new(LocalResults::new(
                 config.server.results_kept,
@@ -198,9 +204,7 @@ impl AppState {
     /// `GET /v1/tasks/{id}` reads the cluster's records. For a worker, the conversations become
     /// the cluster's.
     pub fn use_queue(&mut self, queue: Queue) {
-        let lease = Duration::from_millis(
-            self.config.server.task_timeout_ms + 2 * self.config.queue.ack_wait_ms,
-        );
+        let lease = conversation_lease(&self.config);
         self.conversations =
             Arc::new(queue.conversations(self.config.conversations.clone(), lease));
         self.queue = Some(queue);

@@ -160,7 +160,8 @@ fn queue_full(id: &str) -> Response {
     r
 }
 
-fn unavailable(e: &dyn std::fmt::Display) -> Response {
+/// 503: the queue (NATS) could not be used.
+pub(super) fn unavailable(e: &dyn std::fmt::Display) -> Response {
     api_error(
         StatusCode::SERVICE_UNAVAILABLE,
         "queue_unavailable",

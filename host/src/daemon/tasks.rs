@@ -317,6 +317,10 @@ async fn run_here(
     mut spec: TaskSpec,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
+    // Before the id or the conversation is used as a key: they are the caller's.
+    if let Err(e) = spec.check_fields(&**state) {
+        return api_error(StatusCode::BAD_REQUEST, "invalid_request", e.to_string());
+    }
     let wait = spec.wait.unwrap_or(true);
     // Only a task the caller will look for again is recorded: one given an id, or not waited
     // for. The rest cost no copy of their result.
@@ -327,25 +331,9 @@ async fn run_here(
         Some(Claim::Existing(rx)) => return resubmitted(state, &task_id, rx, wait).await,
         None => None,
     };
-    let conversation = match &spec.conversation_id {
-        Some(c) => match state.conversations.begin(c, &task_id).await {
-            Ok(turns) => {
-                spec.earlier_turns = turns;
-                Some(ConversationTurn::new(state, c, &task_id, &spec.input))
-            }
-            Err(e) => return refuse(record, conversation_error_body(&e, &task_id)),
-        },
-        None => None,
-    };
-    let built = match build(state, spec).await {
-        Ok(t) => t,
-        Err(e) => {
-            if let Some(c) = conversation {
-                c.release(None).await;
-            }
-            let (status, kind) = spec_error_status(state, &e);
-            return refuse(record, (status, error_body(kind, &e.to_string(), &task_id)));
-        }
+    let (built, conversation) = match prepare(state, spec, 1).await {
+        Ok(p) => p,
+        Err(refusal) => return refuse(record, refusal),
     };
     let streaming = built.task.is_streaming() && wait;
     let hooks = Hooks {
@@ -369,8 +357,45 @@ async fn run_here(
     }
 }
 
+/// Holds the spec's conversation for this `attempt` of the task (its earlier turns go into
+/// the spec) and builds the task: the task and its hold, or the status and body refusing it
+/// (the conversation given back). The one way a daemon or a worker readies a task.
+pub(crate) async fn prepare(
+    state: &Arc<AppState>,
+    mut spec: TaskSpec,
+    attempt: u32,
+) -> Result<(BuiltTask, Option<ConversationTurn>), (StatusCode, Value)> {
+    let task_id = spec.id.clone().unwrap_or_default();
+    let conversation = match &spec.conversation_id {
+        Some(c) => match state.conversations.begin(c, &task_id, attempt).await {
+            Ok(turns) => {
+                spec.earlier_turns = turns;
+                Some(ConversationTurn::new(
+                    state,
+                    c,
+                    &task_id,
+                    attempt,
+                    &spec.input,
+                ))
+            }
+            Err(e) => return Err(conversation_error_body(&e, &task_id)),
+        },
+        None => None,
+    };
+    match build(state, spec).await {
+        Ok(built) => Ok((built, conversation)),
+        Err(e) => {
+            if let Some(c) = conversation {
+                c.release(None).await;
+            }
+            let (status, kind) = spec_error_status(state, &e);
+            Err((status, error_body(kind, &e.to_string(), &task_id)))
+        }
+    }
+}
+
 /// A fresh task id.
-pub(crate) fn new_task_id() -> String {
+pub fn new_task_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
@@ -452,16 +477,18 @@ pub(super) async fn get_task(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
+    // No key outside the names a task may have is looked up (nor echoed back at length).
+    if !crate::spec::is_valid_id(&id) {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "a task id is 1 to 64 characters of A-Z a-z 0-9 _ -",
+        );
+    }
     let record = match &state.queue {
         Some(front) => match front.record(&id).await {
             Ok(r) => r,
-            Err(e) => {
-                return api_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "queue_unavailable",
-                    e.to_string(),
-                );
-            }
+            Err(e) => return super::queued::unavailable(&e),
         },
         None => state.results.get(&id),
     };
@@ -487,33 +514,65 @@ pub(crate) fn conversation_error_body(e: &ConversationError, task_id: &str) -> (
 }
 
 /// A task's hold on its conversation, given back when it ends, with its turn if it succeeded.
+/// Dropped unreleased (the run panicked, or the request went away while its task was being
+/// built), it gives the conversation back without a turn, at once rather than when the lease
+/// runs out.
 pub(crate) struct ConversationTurn {
+    hold: Option<Hold>,
+}
+
+struct Hold {
     store: Arc<Conversations>,
     conversation: String,
     task: String,
+    attempt: u32,
     input: String,
 }
 
+impl Hold {
+    async fn end(self, answer: Option<&str>) {
+        let turn = answer.map(|a| (self.input.as_str(), a));
+        let ended = self
+            .store
+            .end(&self.conversation, &self.task, self.attempt, turn)
+            .await;
+        if let Err(e) = ended {
+            tracing::error!(conversation = %self.conversation, "the task's turn is lost: {e}");
+        }
+    }
+}
+
 impl ConversationTurn {
-    pub(crate) fn new(state: &AppState, conversation: &str, task: &str, input: &str) -> Self {
-        Self {
+    fn new(state: &AppState, conversation: &str, task: &str, attempt: u32, input: &str) -> Self {
+        let hold = Hold {
             store: Arc::clone(&state.conversations),
             conversation: conversation.to_owned(),
             task: task.to_owned(),
+            attempt,
             input: input.to_owned(),
-        }
+        };
+        Self { hold: Some(hold) }
     }
 
     /// Gives the conversation back: with the answer as its new turn, unless the task failed
     /// or ended asking its caller to run tools (no answer to remember).
-    pub(crate) async fn release(self, ended: Option<&Ended>) {
+    pub(crate) async fn release(mut self, ended: Option<&Ended>) {
         let answer = match ended {
             Some(Ended::Done(Ok(out))) if out.tool_calls.is_empty() => Some(out.text.as_str()),
             _ => None,
         };
-        let turn = answer.map(|a| (self.input.as_str(), a));
-        if let Err(e) = self.store.end(&self.conversation, &self.task, turn).await {
-            tracing::error!(conversation = %self.conversation, "the task's turn is lost: {e}");
+        if let Some(hold) = self.hold.take() {
+            hold.end(answer).await;
+        }
+    }
+}
+
+impl Drop for ConversationTurn {
+    fn drop(&mut self) {
+        if let Some(hold) = self.hold.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(hold.end(None));
         }
     }
 }

@@ -54,9 +54,9 @@ impl Queue {
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let record = self.record(&id).await?.unwrap_or(queued);
                 if record.state == TaskState::Queued {
-                    // Queued, but perhaps never published (its front died in between): queue it
-                    // again under the same message id. The stream drops the copy within its
-                    // duplicate window, and a worker given a task whose record has ended only
+                    // Queued, but perhaps never published (its front died in between): publish
+                    // it. The stream keeps one message per task, so a copy is refused while the
+                    // first is queued, and a worker given a task whose record has ended only
                     // acks it.
                     let _ = self.publish_job(&id, spec).await;
                 }
@@ -80,17 +80,20 @@ impl Queue {
         headers.insert("Nats-Msg-Id", id);
         let published = match self
             .js
-            .publish_with_headers(self.tasks_subject(), headers, job.into())
+            .publish_with_headers(self.task_subject(id), headers, job.into())
             .await
         {
             Ok(ack) => ack.await.map(drop),
             Err(e) => Err(e),
         };
-        published.map_err(|e| {
-            if is_full(&e) {
-                SubmitError::Full(self.config.max_pending)
+        published.or_else(|e| {
+            if queued_already(&e) {
+                // The stream holds this task's message: it is queued, once.
+                Ok(())
+            } else if is_full(&e) {
+                Err(SubmitError::Full(self.config.max_pending))
             } else {
-                self.error("queueing the task", &e).into()
+                Err(self.error("queueing the task", &e).into())
             }
         })
     }
@@ -112,8 +115,10 @@ impl Queue {
     /// reconnect costs only that delay. (A subscription, not a KV watch: a watch is a consumer
     /// on the server, one per waiting request.)
     ///
+    /// A read that fails (NATS reconnecting) is tried again until `timeout`.
+    ///
     /// # Errors
-    /// When the record cannot be read at all.
+    /// When the record could not be read by then.
     pub async fn wait(
         &self,
         id: &str,
@@ -122,26 +127,28 @@ impl Queue {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut done = self.client.subscribe(self.done_subject(id)).await.ok();
         loop {
-            let record = self.record(id).await?;
-            match &record {
-                Some(r) if !r.state.ended() => {}
-                _ => return Ok(record),
-            }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Ok(record);
+            match self.record(id).await {
+                Ok(Some(r)) if !r.state.ended() && !left.is_zero() => {}
+                Ok(record) => return Ok(record),
+                Err(e) if left.is_zero() => return Err(e),
+                Err(e) => {
+                    tracing::debug!(task_id = %id, "reading the record failed, retrying: {e}")
+                }
             }
+            // `false`: the subscription has ended, and only the rechecks are left.
             let word = async {
                 match done.as_mut() {
-                    Some(d) => {
-                        d.next().await;
-                    }
+                    Some(d) => d.next().await.is_some(),
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                () = word => {}
-                () = tokio::time::sleep(RECHECK.min(left)) => {}
+            let ended = tokio::select! {
+                alive = word => !alive,
+                () = tokio::time::sleep(RECHECK.min(left)) => false,
+            };
+            if ended {
+                done = None;
             }
         }
     }
@@ -149,6 +156,13 @@ impl Queue {
 
 /// How often a waiting front reads the record again without a watch's word.
 const RECHECK: Duration = Duration::from_secs(2);
+
+/// Whether the stream refused the message because the task's subject holds its message
+/// already (`discard_new_per_subject`).
+fn queued_already(e: &async_nats::jetstream::context::PublishError) -> bool {
+    let text = e.to_string();
+    text.contains("per subject") || text.contains("per-subject")
+}
 
 /// Whether the stream refused the message for its limit (`discard: new`).
 fn is_full(e: &async_nats::jetstream::context::PublishError) -> bool {

@@ -1,11 +1,12 @@
 //! Tasks on NATS JetStream: `grip serve --nats` queues them, `grip worker` runs them, on as
 //! many machines as the cluster has.
 //!
-//! - **The queue** is a work-queue stream (`GRIP_TASKS`, subject `grip.tasks`) with one durable
-//!   pull consumer that every worker shares. A worker pulls a task only when it has a free slot,
-//!   says it is still working every third of `ack_wait` (an in-progress ack), and acks the task
-//!   once its result is stored. A worker that dies stops saying so: after `ack_wait` the task is
-//!   delivered to another worker (**at least once**). A task delivered more than
+//! - **The queue** is a work-queue stream (`GRIP_TASKS`, subject `grip.tasks.<id>`, one message
+//!   per task) with one durable pull consumer that every worker shares. A worker pulls a task
+//!   only when it has a free slot, says it is still working every third of `ack_wait` (an
+//!   in-progress ack), and acks the task once its result is stored. A worker that dies stops
+//!   saying so: after `ack_wait` the task is delivered to another worker (**at least once**),
+//!   and one that went silent that long stops its run. A task delivered more than
 //!   `max_attempts` times is dead-lettered: its record says so with the error, and it is
 //!   published on `grip.dead.<id>` (stream `GRIP_DEAD`).
 //! - **Records** ([`crate::results::TaskRecord`]) are in the KV bucket `grip_results`, one key
@@ -195,10 +196,7 @@ impl Queue {
             url: "-".into(),
             message: "no server: pass --nats URL or set queue.url".into(),
         })?;
-        let fail = |what: &str, e: &dyn std::fmt::Display| QueueError {
-            url: url.clone(),
-            message: format!("{what}: {e}"),
-        };
+        let fail = |what: &str, e: &dyn std::fmt::Display| queue_error(&url, what, e);
         let client = async_nats::ConnectOptions::new()
             .name(name)
             .retry_on_initial_connect()
@@ -243,15 +241,31 @@ impl Queue {
             .js
             .get_or_create_stream(stream::Config {
                 name: c.stream.clone(),
-                subjects: vec![self.tasks_subject()],
+                subjects: vec![self.task_subject("*")],
                 retention: stream::RetentionPolicy::WorkQueue,
                 max_messages: c.max_pending,
+                // One message per task (its subject ends with its id), and a second publish
+                // refused while it is queued: a resubmission never makes a second copy, however
+                // long after the first.
+                max_messages_per_subject: 1,
                 discard: stream::DiscardPolicy::New,
+                discard_new_per_subject: true,
                 storage: stream::StorageType::File,
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
             })
             .await?;
+        // A stream made by an older grip (subject `<prefix>.tasks`) would take no task.
+        let subjects = &tasks.cached_info().config.subjects;
+        if !subjects.contains(&self.task_subject("*")) {
+            return Err(format!(
+                "stream `{}` takes {subjects:?}, not `{}`: it was made by an older grip; delete it (`nats stream rm {}`) once it is empty",
+                c.stream,
+                self.task_subject("*"),
+                c.stream
+            )
+            .into());
+        }
         tasks
             .get_or_create_consumer(
                 &c.consumer,
@@ -259,8 +273,10 @@ impl Queue {
                     durable_name: Some(c.consumer.clone()),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_millis(c.ack_wait_ms),
-                    // The delivery past the attempts is the one that dead-letters the task.
-                    max_deliver: i64::from(c.max_attempts) + 1,
+                    // Unbounded: the worker counts the attempts, and the delivery past them
+                    // dead-letters the task. A delivery whose settling was lost comes again
+                    // (and only acks), rather than staying in the stream, taking a slot.
+                    max_deliver: -1,
                     ..Default::default()
                 },
             )
@@ -277,9 +293,9 @@ impl Queue {
         Ok(())
     }
 
-    /// The subject tasks are queued on.
-    fn tasks_subject(&self) -> String {
-        format!("{}.tasks", self.config.subject_prefix)
+    /// The subject task `id` is queued on (`*`: all of them).
+    fn task_subject(&self, id: &str) -> String {
+        format!("{}.tasks.{id}", self.config.subject_prefix)
     }
 
     /// The subject of task `id`'s events.
@@ -318,28 +334,65 @@ impl Queue {
             .map_err(|e| self.error(&format!("record of `{id}`"), &e))
     }
 
-    /// Writes the task's record.
+    /// Stores a worker's record of the task (running, or its result), unless the task has
+    /// ended already or a later attempt has taken it over (the record's attempt is the fence):
+    /// whether it was stored. So only the first result stored counts, and a stale delivery
+    /// (one held by a worker that was frozen) is not run at all.
     ///
     /// # Errors
-    /// When the bucket cannot be written.
-    pub async fn put_record(
+    /// When the bucket cannot be read or written.
+    pub async fn put_fenced(
         &self,
         id: &str,
         record: &crate::results::TaskRecord,
-    ) -> Result<(), QueueError> {
+    ) -> Result<bool, QueueError> {
         let bytes = serde_json::to_vec(record).map_err(|e| self.error("encoding a record", &e))?;
-        self.results
-            .put(id, bytes.into())
-            .await
-            .map(drop)
-            .map_err(|e| self.error("writing a record", &e))
+        loop {
+            let entry =
+                (self.results.entry(id).await).map_err(|e| self.error("reading a record", &e))?;
+            let current = entry
+                .as_ref()
+                .filter(|e| e.operation == kv::Operation::Put)
+                .and_then(|e| serde_json::from_slice::<crate::results::TaskRecord>(&e.value).ok());
+            if current.is_some_and(|c| c.state.ended() || c.attempt > record.attempt) {
+                return Ok(false);
+            }
+            // Written only over what was read: a concurrent writer sends the loop round again.
+            let written = match &entry {
+                Some(e) => (self
+                    .results
+                    .update(id, bytes.clone().into(), e.revision)
+                    .await)
+                    .map_err(|e| {
+                        (
+                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                            e.to_string(),
+                        )
+                    }),
+                None => (self.results.create(id, bytes.clone().into()).await).map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                }),
+            };
+            match written {
+                Ok(_) => return Ok(true),
+                Err((true, _)) => {}
+                Err((false, e)) => return Err(self.error("writing a record", &e)),
+            }
+        }
     }
 
     fn error(&self, what: &str, e: &dyn std::fmt::Display) -> QueueError {
-        QueueError {
-            url: self.url.clone(),
-            message: format!("{what}: {e}"),
-        }
+        queue_error(&self.url, what, e)
+    }
+}
+
+fn queue_error(url: &str, what: &str, e: &dyn std::fmt::Display) -> QueueError {
+    QueueError {
+        url: url.to_owned(),
+        message: format!("{what}: {e}"),
     }
 }
 

@@ -9,18 +9,19 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{AckKind, consumer};
+use axum::http::StatusCode;
 use futures::StreamExt;
 use plugin_api::wire::{Event, EventKind, Usage};
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio_util::task::TaskTracker;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use super::front::{ATTEMPT_HEADER, EVENT_HEADER};
 use super::{Job, Queue, QueueError};
 use crate::daemon::AppState;
-use crate::daemon::tasks::{self, ConversationTurn, Ended, Hooks};
+use crate::daemon::tasks::{self, Ended, Hooks, Started};
 use crate::results::{TaskRecord, TaskState};
-use crate::spec::{SpecError, TaskSpec};
+use crate::spec::TaskSpec;
 use crate::task::StopReason;
 
 /// How long one pull waits for a task before asking again.
@@ -114,9 +115,26 @@ struct Worker {
 enum Settle {
     /// The record is stored: the task is done with.
     Ack,
-    /// Give it back for another worker (this one is stopping).
-    Nak,
+    /// Give it back, for another worker (this one is stopping) or for later (after the pause).
+    Nak(Option<Duration>),
+    /// Leave it: the queue gave it to another worker already (this one went silent too long).
+    Abandon,
 }
+
+/// How a run ended for its worker.
+enum Run {
+    /// With this record and finish frame, to be stored.
+    Ended(TaskRecord, String),
+    /// The worker is stopping: the task goes back.
+    Stopped,
+    /// A store it needs (the conversations) is away: the task is tried again later.
+    Unavailable,
+    /// This worker lost the task to another (see [`heartbeat`]): it was stopped.
+    Lost,
+}
+
+/// How long a task whose conversation store was away waits before it is delivered again.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
 
 impl Worker {
     async fn handle(&self, msg: async_nats::jetstream::Message, permit: OwnedSemaphorePermit) {
@@ -136,20 +154,26 @@ impl Worker {
         };
         let id = job.spec.id.clone().unwrap_or_default();
         let span = tracing::info_span!("queued", task_id = %id, attempt, worker = %self.name);
-        let heartbeat = tokio::spawn(heartbeat(
+        let (lost_tx, lost) = oneshot::channel();
+        // Aborted when this delivery is settled, or unwound by a panic: never left beating.
+        let _heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
+            self.queue.client.clone(),
             Arc::clone(&acker),
-            Duration::from_millis(self.queue.config().ack_wait_ms / 3)
-                .max(Duration::from_millis(50)),
-        ));
-        let settle = tracing::Instrument::instrument(
-            self.deliver(&id, job.spec, attempt, permit, &msg.payload),
-            span,
-        )
-        .await;
-        heartbeat.abort();
+            Duration::from_millis(self.queue.config().ack_wait_ms),
+            lost_tx,
+        )));
+        let delivery = Delivery {
+            id: &id,
+            attempt,
+            payload: &msg.payload,
+        };
+        let settle =
+            tracing::Instrument::instrument(self.deliver(&delivery, job.spec, permit, lost), span)
+                .await;
         let settled = match settle {
             Settle::Ack => acker.double_ack().await,
-            Settle::Nak => acker.ack_with(AckKind::Nak(None)).await,
+            Settle::Nak(pause) => acker.ack_with(AckKind::Nak(pause)).await,
+            Settle::Abandon => Ok(()),
         };
         if let Err(e) = settled {
             // The record is stored: a redelivery finds it and only acks.
@@ -157,82 +181,89 @@ impl Worker {
         }
     }
 
-    /// Runs the delivery of task `id` (unless it has ended already or used its attempts) and
-    /// stores its record.
+    /// Runs the delivery (unless its task has ended already or used its attempts) and stores
+    /// the task's record.
     async fn deliver(
+        &self,
+        d: &Delivery<'_>,
+        spec: TaskSpec,
+        permit: OwnedSemaphorePermit,
+        lost: oneshot::Receiver<()>,
+    ) -> Settle {
+        let id = d.id;
+        let previous = match self.queue.record(id).await {
+            Ok(r) => r,
+            // Not knowing whether it ended, it is not run (it may have): asked again later.
+            Err(e) => {
+                tracing::warn!(task_id = %id, "reading the task's record failed: {e}");
+                return Settle::Nak(Some(UNAVAILABLE_RETRY));
+            }
+        };
+        if previous.as_ref().is_some_and(|r| r.state.ended()) {
+            tracing::info!(task_id = %id, "delivered again after its record was stored: acked");
+            return Settle::Ack;
+        }
+        if d.attempt > self.queue.config().max_attempts {
+            let last = previous.and_then(|r| r.worker);
+            return self.dead_letter(d, &spec, last).await;
+        }
+        let running = TaskRecord::pending(TaskState::Running, d.attempt, Some(self.name.clone()));
+        match self.queue.put_fenced(id, &running).await {
+            Ok(true) => {}
+            // A later attempt runs it (this delivery waited in a frozen worker): not ours.
+            Ok(false) => {
+                tracing::warn!(task_id = %id, "a later attempt has the task: this delivery is left");
+                return Settle::Abandon;
+            }
+            Err(e) => tracing::warn!(task_id = %id, "could not mark the task running: {e}"),
+        }
+        let (record, finish) = match self.execute(id, spec, d.attempt, permit, lost).await {
+            Run::Ended(record, finish) => (record, finish),
+            Run::Stopped => return Settle::Nak(None),
+            Run::Unavailable => return Settle::Nak(Some(UNAVAILABLE_RETRY)),
+            Run::Lost => return Settle::Abandon,
+        };
+        let record = TaskRecord {
+            attempt: d.attempt,
+            worker: Some(self.name.clone()),
+            finish_frame: Some(finish.clone()),
+            ..record
+        };
+        match self.store(id, &record).await {
+            Some(true) => {}
+            // A later attempt has the task (this worker was silent too long): its result is
+            // the one that counts, and its delivery the one to ack.
+            Some(false) => {
+                tracing::warn!(task_id = %id, "another worker took the task over: this attempt's result is dropped");
+                return Settle::Abandon;
+            }
+            // Stopping before the record could be stored: acked, the task would be lost.
+            None => return Settle::Nak(None),
+        }
+        self.publish_end(id, d.attempt, finish).await;
+        Settle::Ack
+    }
+
+    /// Builds and runs the task as the daemon does, until it ends, the worker stops, or `lost`
+    /// says another worker has it now.
+    async fn execute(
         &self,
         id: &str,
         spec: TaskSpec,
         attempt: u32,
         permit: OwnedSemaphorePermit,
-        payload: &[u8],
-    ) -> Settle {
-        let previous = self.queue.record(id).await.ok().flatten();
-        if previous.as_ref().is_some_and(|r| r.state.ended()) {
-            tracing::info!(task_id = %id, "delivered again after its record was stored: acked");
-            return Settle::Ack;
-        }
-        let max = self.queue.config().max_attempts;
-        if attempt > max {
-            // The conversation a dying attempt held is free now, not when its lease runs out.
-            if let Some(c) = &spec.conversation_id
-                && let Err(e) = self.state.conversations.end(c, id, None).await
-            {
-                tracing::warn!(task_id = %id, "releasing the conversation failed: {e}");
-            }
-            let last = previous.and_then(|r| r.worker);
-            return self.dead_letter(id, attempt - 1, last, payload).await;
-        }
-        let running = TaskRecord::pending(TaskState::Running, attempt, Some(self.name.clone()));
-        if let Err(e) = self.queue.put_record(id, &running).await {
-            tracing::warn!(task_id = %id, "could not mark the task running: {e}");
-        }
-        let (record, finish) = match self.execute(id, spec, attempt, permit).await {
-            Some(done) => done,
-            None => return Settle::Nak,
-        };
-        let record = TaskRecord {
-            attempt,
-            worker: Some(self.name.clone()),
-            finish_frame: Some(finish.clone()),
-            ..record
-        };
-        self.store(id, &record).await;
-        self.publish_end(id, attempt, finish).await;
-        Settle::Ack
-    }
-
-    /// Builds and runs the task as the daemon does: its record and finish frame, or `None`
-    /// when the worker is stopping and the task goes back to the queue.
-    async fn execute(
-        &self,
-        id: &str,
-        mut spec: TaskSpec,
-        attempt: u32,
-        permit: OwnedSemaphorePermit,
-    ) -> Option<(TaskRecord, String)> {
+        mut lost: oneshot::Receiver<()>,
+    ) -> Run {
         let st = &self.state;
-        let refused = |(status, body): (axum::http::StatusCode, Value)| {
-            let frame = finish_frame(id, &body);
-            Some((TaskRecord::ended(status.as_u16(), body), frame))
-        };
-        let conversation = match &spec.conversation_id {
-            Some(c) => match st.conversations.begin(c, id).await {
-                Ok(turns) => {
-                    spec.earlier_turns = turns;
-                    Some(ConversationTurn::new(st, c, id, &spec.input))
-                }
-                Err(e) => return refused(tasks::conversation_error_body(&e, id)),
-            },
-            None => None,
-        };
-        let built = match tasks::build(st, spec).await {
-            Ok(b) => b,
-            Err(e) => {
-                if let Some(c) = conversation {
-                    c.release(None).await;
-                }
-                return refused(spec_error_body(st, &e, id));
+        let (built, conversation) = match tasks::prepare(st, spec, attempt).await {
+            Ok(p) => p,
+            Err((StatusCode::SERVICE_UNAVAILABLE, body)) => {
+                tracing::warn!(task_id = %id, "not run now: {}", body["error"]["message"]);
+                return Run::Unavailable;
+            }
+            Err((status, body)) => {
+                let frame = finish_frame(id, &body);
+                return Run::Ended(TaskRecord::ended(status.as_u16(), body), frame);
             }
         };
         let first_event = (attempt > 1).then(|| EventKind::TaskRetry {
@@ -247,28 +278,44 @@ impl Worker {
             conversation,
             record: None,
         };
-        let mut started = tasks::start(st, built, permit, true, hooks);
-        let relay = started.relay.take();
-        let forward = relay.map(|rx| self.forward(id, attempt, started.withhold, rx));
-        let finish = match forward {
-            Some(f) => f.await,
-            None => None,
+        let Started {
+            path,
+            withhold,
+            mut join,
+            client,
+            relay,
+            ..
+        } = tasks::start(st, built, permit, true, hooks);
+        let run = async {
+            let finish = match relay {
+                Some(rx) => self.forward(id, attempt, withhold, rx).await,
+                None => None,
+            };
+            (finish, (&mut join).await)
         };
-        let ended = (&mut started.join).await;
-        drop(started.client);
+        let (finish, ended) = tokio::select! {
+            r = run => r,
+            Ok(()) = &mut lost => {
+                // Dropping its client stops the task ("the client went away"); its hold on
+                // the conversation was taken over, so it adds no turn.
+                drop(client);
+                return Run::Lost;
+            }
+        };
+        drop(client);
         if matches!(ended, Ok(Ended::Stopped(StopReason::Shutdown))) {
-            return None;
+            return Run::Stopped;
         }
-        let (status, body) = tasks::outcome(&ended, id, started.path, started.withhold);
+        let (status, body) = tasks::outcome(&ended, id, path, withhold);
         let output = match &ended {
             Ok(Ended::Done(Ok(out))) => Some(out),
             _ => None,
         };
         let frame = match finish {
-            Some(e) => frame_text(&tasks::sse_frame(&e, started.withhold, output)),
+            Some(e) => frame_text(&tasks::sse_frame(&e, withhold, output)),
             None => finish_frame(id, &body),
         };
-        Some((TaskRecord::ended(status.as_u16(), body), frame))
+        Run::Ended(TaskRecord::ended(status.as_u16(), body), frame)
     }
 
     /// Publishes the run's events as they come, until its `FinishTaskEvent`, which it returns
@@ -317,36 +364,55 @@ impl Worker {
         }
     }
 
-    /// Stores the record, retrying while NATS is away: the task is acked only after this, so
-    /// giving up would run it again; the daemon's shutdown ends the retries.
-    async fn store(&self, id: &str, record: &TaskRecord) {
+    /// Stores the final record, retrying while NATS is away: whether it was stored (`false`:
+    /// the task has a result already, or a later attempt), `None` when the worker stopped
+    /// first. The task is acked only after this, so giving up would run it again.
+    async fn store(&self, id: &str, record: &TaskRecord) -> Option<bool> {
+        self.until_done("storing the result", || self.queue.put_fenced(id, record))
+            .await
+    }
+
+    /// Runs `step` until it succeeds, pausing longer after each failure, or until the worker
+    /// stops: its value, or `None` when the worker stopped first.
+    async fn until_done<T, F, E>(&self, what: &str, mut step: impl FnMut() -> F) -> Option<T>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
         let mut pause = Duration::from_millis(100);
         let mut stopping = self.state.shutdown.subscribe();
         loop {
-            match self.queue.put_record(id, record).await {
-                Ok(()) => return,
-                Err(e) => tracing::warn!(task_id = %id, "storing the result failed, retrying: {e}"),
+            match step().await {
+                Ok(v) => return Some(v),
+                Err(e) => tracing::warn!("{what} failed, retrying: {e}"),
             }
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                _ = stopping.wait_for(|s| *s) => return,
+                _ = stopping.wait_for(|s| *s) => return None,
             }
             pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 
-    /// A task no worker finished in its attempts: its record says so, the task goes to the
-    /// dead-letter subject with the error, and it leaves the queue.
-    async fn dead_letter(
-        &self,
-        id: &str,
-        attempts: u32,
-        last_worker: Option<String>,
-        payload: &[u8],
-    ) -> Settle {
+    /// A task no worker finished in its attempts: the conversation it held is freed, the task
+    /// goes to the dead-letter subject with the error (confirmed by the stream), its record
+    /// says so, and it leaves the queue.
+    async fn dead_letter(&self, d: &Delivery<'_>, spec: &TaskSpec, last: Option<String>) -> Settle {
+        let (id, attempts) = (d.id, d.attempt - 1);
+        // Freed now, not when the dying attempt's lease runs out: taken, then given back.
+        if let Some(c) = &spec.conversation_id {
+            let conversations = &self.state.conversations;
+            let freed = match conversations.begin(c, id, d.attempt).await {
+                Ok(_) => conversations.end(c, id, d.attempt, None).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = freed {
+                tracing::warn!(task_id = %id, "releasing the conversation failed: {e}");
+            }
+        }
         let message = format!(
             "task `{id}` was delivered {attempts} times and no worker finished it (the last to try was `{}`): it is dead-lettered on `{}.dead.{id}`",
-            last_worker.as_deref().unwrap_or("?"),
+            last.as_deref().unwrap_or("?"),
             self.queue.config().subject_prefix,
         );
         tracing::error!("{message}");
@@ -355,42 +421,77 @@ impl Worker {
         let record = TaskRecord {
             state: TaskState::DeadLetter,
             attempt: attempts,
-            worker: last_worker,
+            worker: last,
             status: Some(500),
             body: Some(body),
             finish_frame: Some(frame.clone()),
         };
-        let mut headers = HeaderMap::new();
-        headers.insert("Grip-Error", message.as_str());
         let subject = format!("{}.dead.{id}", self.queue.config().subject_prefix);
-        let dead = self
-            .queue
-            .js
-            .publish_with_headers(subject, headers, payload.to_vec().into())
+        let published = self
+            .until_done("publishing the dead letter", || async {
+                let mut headers = HeaderMap::new();
+                headers.insert("Grip-Error", message.as_str());
+                // Confirmed by the stream, and once: the task's id is the message's.
+                headers.insert("Nats-Msg-Id", id);
+                let payload = d.payload.to_vec().into();
+                let ack = self
+                    .queue
+                    .js
+                    .publish_with_headers(subject.clone(), headers, payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ack.await.map(drop).map_err(|e| e.to_string())
+            })
             .await;
-        if let Err(e) = dead {
-            tracing::error!(task_id = %id, "publishing the dead letter failed: {e}");
+        match (published, self.store(id, &record).await) {
+            (Some(()), Some(true)) => self.publish_end(id, attempts, frame).await,
+            // A result came late, and it stands: nothing to tell.
+            (Some(()), Some(false)) => {}
+            _ => return Settle::Nak(None),
         }
-        self.store(id, &record).await;
-        self.publish_end(id, attempts, frame).await;
         Settle::Ack
     }
 }
 
-/// Tells the queue the task is still being worked on, every `every`, until aborted.
-async fn heartbeat(acker: Arc<Acker>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        if let Err(e) = acker.ack_with(AckKind::Progress).await {
-            tracing::debug!("in-progress ack failed: {e}");
-        }
-    }
+/// One delivery of a queued task.
+struct Delivery<'a> {
+    id: &'a str,
+    /// 1 for the first.
+    attempt: u32,
+    payload: &'a [u8],
 }
 
-/// The status and body of a spec the worker cannot build.
-fn spec_error_body(state: &AppState, e: &SpecError, id: &str) -> (axum::http::StatusCode, Value) {
-    let (status, kind) = tasks::spec_error_status(state, e);
-    (status, tasks::error_body(kind, &e.to_string(), id))
+/// Tells the queue the task is still being worked on, every third of `ack_wait`, until
+/// aborted. When no sign of life has reached the queue for `ack_wait` (the connection was
+/// down, the acks failed, or the process was frozen), the queue has given the task to another
+/// worker: `lost` says so.
+async fn heartbeat(
+    client: async_nats::Client,
+    acker: Arc<Acker>,
+    ack_wait: Duration,
+    lost: oneshot::Sender<()>,
+) {
+    let every = (ack_wait / 3).max(Duration::from_millis(50));
+    let mut alive_at = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        // Before this beat: a late one does not undo the queue's redelivery.
+        if alive_at.elapsed() >= ack_wait {
+            tracing::warn!(
+                "no sign of life reached the queue for {} ms: the task is another worker's now; this attempt stops",
+                ack_wait.as_millis()
+            );
+            let _ = lost.send(());
+            return;
+        }
+        // A publish while disconnected is only buffered: the connection says whether it left.
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        match acker.ack_with(AckKind::Progress).await {
+            Ok(()) if connected => alive_at = tokio::time::Instant::now(),
+            Ok(()) => {}
+            Err(e) => tracing::debug!("in-progress ack failed: {e}"),
+        }
+    }
 }
 
 /// The `FinishTaskEvent` frame of a task that ended without running (refused, dead-lettered):
