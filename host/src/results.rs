@@ -139,8 +139,10 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         if !self.done {
+            // From the order too: a later claim of the id must not expire by this one's age.
             let mut inner = self.results.lock();
             inner.records.remove(&self.id);
+            inner.order.retain(|(id, _)| *id != self.id);
         }
     }
 }
@@ -221,6 +223,26 @@ pub async fn wait_ended(mut rx: watch::Receiver<TaskRecord>, timeout: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_given_up_and_claimed_again_is_kept_as_long_as_a_new_one() {
+        let r = Arc::new(LocalResults::new(3, Duration::from_secs(60)));
+        let Claim::New(first) = r.claim("a") else {
+            panic!("a new id is new");
+        };
+        drop(first);
+        let Claim::New(again) = r.claim("a") else {
+            panic!("a dropped claim frees the id");
+        };
+        again.finish(200, json!({}));
+        let Claim::New(b) = r.claim("b") else {
+            panic!("new");
+        };
+        b.finish(200, json!({}));
+        // Two records and room for a third: `a` is still there (its dropped claim left no
+        // place in the order to expire it by).
+        assert!(r.get("a").is_some());
+    }
 
     #[tokio::test]
     async fn a_claimed_id_answers_the_first_task_and_then_its_result() {
