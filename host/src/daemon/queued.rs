@@ -13,7 +13,7 @@ use futures::StreamExt;
 use super::tasks::{accepted, async_stream_body, error_body, new_task_id, record_response};
 use super::{AppState, api_error};
 use crate::queue::Queue;
-use crate::queue::front::{EVENT_HEADER, SubmitError, Submitted};
+use crate::queue::front::{ATTEMPT_HEADER, EVENT_HEADER, SubmitError, Submitted};
 use crate::results::{TaskRecord, TaskState};
 use crate::spec::TaskSpec;
 
@@ -87,10 +87,14 @@ fn relay(
         let _permit = permit;
         let ended = queue.wait(&id, wait_for);
         tokio::pin!(ended);
+        let mut latest = Latest::default();
         let record = loop {
             tokio::select! {
                 m = sub.next() => {
                     let Some(m) = m else { break None };
+                    if !latest.admits(&m) {
+                        continue;
+                    }
                     let last = is_finish(&m);
                     if tx.send(Ok(m.payload)).await.is_err() || last {
                         return;
@@ -102,6 +106,9 @@ fn relay(
         // The record ended first: the worker's last frames are on their way.
         let drained = tokio::time::timeout(TRAILING, async {
             while let Some(m) = sub.next().await {
+                if !latest.admits(&m) {
+                    continue;
+                }
                 let last = is_finish(&m);
                 if tx.send(Ok(m.payload)).await.is_err() || last {
                     return true;
@@ -129,6 +136,28 @@ fn relay(
         h.insert("x-grip-task-id", v);
     }
     r
+}
+
+/// The attempt a relayed stream follows: the latest one seen. A frame of an earlier one (from
+/// a worker that was frozen and has not yet noticed that its task went to another) is dropped,
+/// so the client sees the new attempt's `TaskRetryEvent` and then that attempt alone.
+#[derive(Debug, Default)]
+struct Latest(u32);
+
+impl Latest {
+    fn admits(&mut self, m: &async_nats::Message) -> bool {
+        let attempt = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(ATTEMPT_HEADER))
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or(0);
+        if attempt < self.0 {
+            return false;
+        }
+        self.0 = attempt;
+        true
+    }
 }
 
 fn is_finish(m: &async_nats::Message) -> bool {
@@ -167,4 +196,33 @@ pub(super) fn unavailable(e: &dyn std::fmt::Display) -> Response {
         "queue_unavailable",
         e.to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(attempt: &str) -> async_nats::Message {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(ATTEMPT_HEADER, attempt);
+        async_nats::Message {
+            subject: "grip.events.t".into(),
+            reply: None,
+            payload: Default::default(),
+            headers: Some(headers),
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn a_relay_drops_the_frames_of_an_attempt_that_was_taken_over() {
+        let mut latest = Latest::default();
+        let seen: Vec<bool> = ["1", "1", "2", "1", "2", "3", "2"]
+            .iter()
+            .map(|a| latest.admits(&frame(a)))
+            .collect();
+        assert_eq!(seen, [true, true, true, false, true, true, false]);
+    }
 }
