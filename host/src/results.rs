@@ -53,6 +53,14 @@ pub struct TaskRecord {
     /// stream relayed from a worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_frame: Option<String>,
+    /// Deliveries a worker gave back without a fault of the task's (it was stopping, or a
+    /// store it needed was away): not counted against `queue.max_attempts`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub given_back: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl TaskRecord {
@@ -65,6 +73,7 @@ impl TaskRecord {
             status: None,
             body: None,
             finish_frame: None,
+            given_back: 0,
         }
     }
 
@@ -77,6 +86,7 @@ impl TaskRecord {
             status: Some(status),
             body: Some(body),
             finish_frame: None,
+            given_back: 0,
         }
     }
 

@@ -114,6 +114,12 @@ impl Proc {
         let _ = self.0.wait();
     }
 
+    /// SIGTERM, and waits for it to exit.
+    pub fn terminate(&mut self) {
+        self.signal(libc::SIGTERM);
+        let _ = self.0.wait();
+    }
+
     /// Freezes it (SIGSTOP) until [`Proc::resume`]: alive, connected, and silent.
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);

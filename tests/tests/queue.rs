@@ -555,6 +555,42 @@ async fn a_queued_task_is_one_message_however_often_it_is_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_survives_a_rolling_deploy_of_its_workers_without_using_its_attempts() {
+    // One attempt allowed: a delivery given back by a stopping worker must not count.
+    let cluster = Cluster::new("max_attempts = 1");
+    let mut w1 = cluster.worker("w1");
+    let (_front, base) = cluster.front();
+    let mut body = slow("deployed", 4000);
+    body["id"] = json!("deployed");
+    body["wait"] = json!(false);
+    assert_eq!(submit(&base, &body).await.0, 202);
+    let _ = poll(&base, "deployed", Duration::from_secs(10), |_, b| {
+        b["worker"] == "w1" && b["state"] == "running"
+    })
+    .await;
+    // SIGTERM: w1 stops pulling, waits `shutdown_grace_ms` (2 s) for the task, gives it back.
+    w1.terminate();
+    let (_, _, queued) = record(&base, "deployed").await;
+    assert_eq!(
+        (&queued["state"], &queued["worker"]),
+        (&json!("queued"), &json!("w1")),
+        "{queued}"
+    );
+    let _w2 = cluster.worker("w2");
+    let (status, h, body) = poll(&base, "deployed", Duration::from_secs(20), |s, _| {
+        s == 200 || s == 500
+    })
+    .await;
+    assert_eq!(
+        (status, &body["output"]),
+        (200, &json!("echo: deployed")),
+        "{body}"
+    );
+    assert_eq!(header(&h, "x-grip-worker"), "w2");
+    assert_eq!(header(&h, "x-grip-attempt"), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_frozen_past_ack_wait_gives_its_task_up_to_the_one_that_took_it_over() {
     let cluster = Cluster::new("ack_wait_ms = 1500");
     let mut w1 = cluster.worker("w1");

@@ -66,7 +66,8 @@ pub struct QueueConfig {
     /// How long a worker may go without a sign of life before its task goes to another.
     #[serde(default = "d::ack_wait_ms")]
     pub ack_wait_ms: u64,
-    /// Deliveries of a task before it is dead-lettered.
+    /// Runs of a task before it is dead-lettered (deliveries a worker gave back unfinished, as
+    /// when it stops, are not counted).
     #[serde(default = "d::max_attempts")]
     pub max_attempts: u32,
     /// How long a task's record is kept.

@@ -203,11 +203,18 @@ impl Worker {
             tracing::info!(task_id = %id, "delivered again after its record was stored: acked");
             return Settle::Ack;
         }
-        if d.attempt > self.queue.config().max_attempts {
+        // Deliveries given back (a worker stopping for a deploy) are not the task's fault.
+        let given_back = previous.as_ref().map_or(0, |r| r.given_back);
+        let tries = d.attempt.saturating_sub(given_back);
+        if tries > self.queue.config().max_attempts {
             let last = previous.and_then(|r| r.worker);
-            return self.dead_letter(d, &spec, last).await;
+            return self.dead_letter(d, tries - 1, &spec, last).await;
         }
-        let running = TaskRecord::pending(TaskState::Running, d.attempt, Some(self.name.clone()));
+        let retry = (d.attempt > 1).then(|| retry_reason(previous.as_ref(), d.attempt));
+        let running = TaskRecord {
+            given_back,
+            ..TaskRecord::pending(TaskState::Running, d.attempt, Some(self.name.clone()))
+        };
         match self.queue.put_fenced(id, &running).await {
             Ok(true) => {}
             // A later attempt runs it (this delivery waited in a frozen worker): not ours.
@@ -217,16 +224,20 @@ impl Worker {
             }
             Err(e) => tracing::warn!(task_id = %id, "could not mark the task running: {e}"),
         }
-        let (record, finish) = match self.execute(id, spec, d.attempt, permit, lost).await {
+        let run = self.execute(id, spec, d.attempt, retry, permit, lost).await;
+        let (record, finish) = match run {
             Run::Ended(record, finish) => (record, finish),
-            Run::Stopped => return Settle::Nak(None),
-            Run::Unavailable => return Settle::Nak(Some(UNAVAILABLE_RETRY)),
+            Run::Stopped => return self.give_back(d, given_back, None).await,
+            Run::Unavailable => {
+                return self.give_back(d, given_back, Some(UNAVAILABLE_RETRY)).await;
+            }
             Run::Lost => return Settle::Abandon,
         };
         let record = TaskRecord {
             attempt: d.attempt,
             worker: Some(self.name.clone()),
             finish_frame: Some(finish.clone()),
+            given_back,
             ..record
         };
         match self.store(id, &record).await {
@@ -244,13 +255,33 @@ impl Worker {
         Settle::Ack
     }
 
-    /// Builds and runs the task as the daemon does, until it ends, the worker stops, or `lost`
-    /// says another worker has it now.
+    /// Gives the delivery back to the queue, its record counting it as given back (not an
+    /// attempt), for another worker at once or after `pause`.
+    async fn give_back(
+        &self,
+        d: &Delivery<'_>,
+        given_back: u32,
+        pause: Option<Duration>,
+    ) -> Settle {
+        let record = TaskRecord {
+            given_back: given_back + 1,
+            ..TaskRecord::pending(TaskState::Queued, d.attempt, Some(self.name.clone()))
+        };
+        if let Err(e) = self.queue.put_fenced(d.id, &record).await {
+            // Then this delivery counts as an attempt: the task is still run again.
+            tracing::warn!(task_id = %d.id, "recording the task as given back failed: {e}");
+        }
+        Settle::Nak(pause)
+    }
+
+    /// Builds and runs the task as the daemon does (a retry starting with a `TaskRetryEvent`
+    /// saying why), until it ends, the worker stops, or `lost` says another worker has it now.
     async fn execute(
         &self,
         id: &str,
         spec: TaskSpec,
         attempt: u32,
+        retry: Option<String>,
         permit: OwnedSemaphorePermit,
         mut lost: oneshot::Receiver<()>,
     ) -> Run {
@@ -266,13 +297,7 @@ impl Worker {
                 return Run::Ended(TaskRecord::ended(status.as_u16(), body), frame);
             }
         };
-        let first_event = (attempt > 1).then(|| EventKind::TaskRetry {
-            attempt,
-            reason: format!(
-                "the worker running attempt {} stopped before the task ended",
-                attempt - 1
-            ),
-        });
+        let first_event = retry.map(|reason| EventKind::TaskRetry { attempt, reason });
         let hooks = Hooks {
             first_event,
             conversation,
@@ -397,8 +422,14 @@ impl Worker {
     /// A task no worker finished in its attempts: the conversation it held is freed, the task
     /// goes to the dead-letter subject with the error (confirmed by the stream), its record
     /// says so, and it leaves the queue.
-    async fn dead_letter(&self, d: &Delivery<'_>, spec: &TaskSpec, last: Option<String>) -> Settle {
-        let (id, attempts) = (d.id, d.attempt - 1);
+    async fn dead_letter(
+        &self,
+        d: &Delivery<'_>,
+        attempts: u32,
+        spec: &TaskSpec,
+        last: Option<String>,
+    ) -> Settle {
+        let id = d.id;
         // Freed now, not when the dying attempt's lease runs out: taken, then given back.
         if let Some(c) = &spec.conversation_id {
             let conversations = &self.state.conversations;
@@ -420,11 +451,12 @@ impl Worker {
         let frame = finish_frame(id, &body);
         let record = TaskRecord {
             state: TaskState::DeadLetter,
-            attempt: attempts,
+            attempt: d.attempt - 1,
             worker: last,
             status: Some(500),
             body: Some(body),
             finish_frame: Some(frame.clone()),
+            given_back: d.attempt - 1 - attempts,
         };
         let subject = format!("{}.dead.{id}", self.queue.config().subject_prefix);
         let published = self
@@ -444,12 +476,28 @@ impl Worker {
             })
             .await;
         match (published, self.store(id, &record).await) {
-            (Some(()), Some(true)) => self.publish_end(id, attempts, frame).await,
+            (Some(()), Some(true)) => self.publish_end(id, d.attempt - 1, frame).await,
             // A result came late, and it stands: nothing to tell.
             (Some(()), Some(false)) => {}
             _ => return Settle::Nak(None),
         }
         Settle::Ack
+    }
+}
+
+/// Why `attempt` runs the task again, for its `TaskRetryEvent`, from the record the previous
+/// delivery left.
+fn retry_reason(previous: Option<&TaskRecord>, attempt: u32) -> String {
+    let worker = previous.and_then(|p| p.worker.as_deref()).unwrap_or("?");
+    if previous.is_some_and(|p| p.state == TaskState::Queued && p.given_back > 0) {
+        format!(
+            "worker `{worker}` gave the task back unfinished (it was stopping, or a store was away)"
+        )
+    } else {
+        format!(
+            "worker `{worker}` running attempt {} stopped before the task ended",
+            attempt - 1
+        )
     }
 }
 
