@@ -53,8 +53,12 @@ pub struct TaskRecord {
     /// stream relayed from a worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_frame: Option<String>,
-    /// Deliveries a worker gave back without a fault of the task's (it was stopping, or a
-    /// store it needed was away): not counted against `queue.max_attempts`.
+    /// Runs workers started (on a queue; 0 for a single daemon's task). Counted here, not from
+    /// the queue's delivery count: NATS 2.9 does not always count a delivery a worker gave back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub runs: u32,
+    /// Of those, the runs a worker gave back without a fault of the task's (it was stopping,
+    /// or a store it needed was away): not counted against `queue.max_attempts`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub given_back: u32,
 }
@@ -73,6 +77,7 @@ impl TaskRecord {
             status: None,
             body: None,
             finish_frame: None,
+            runs: 0,
             given_back: 0,
         }
     }
@@ -86,7 +91,17 @@ impl TaskRecord {
             status: Some(status),
             body: Some(body),
             finish_frame: None,
+            runs: 0,
             given_back: 0,
+        }
+    }
+
+    /// Which run this is, or was last (1 for the first).
+    pub fn run(&self) -> u32 {
+        if self.runs > 0 {
+            self.runs
+        } else {
+            self.attempt
         }
     }
 
@@ -96,7 +111,7 @@ impl TaskRecord {
             (true, Some(status), Some(body)) => (status, body.clone()),
             _ => (
                 202,
-                json!({"task_id": task_id, "state": self.state, "attempt": self.attempt,
+                json!({"task_id": task_id, "state": self.state, "attempt": self.run(),
                        "worker": self.worker}),
             ),
         }

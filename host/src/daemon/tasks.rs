@@ -464,9 +464,9 @@ pub(crate) fn record_response(task_id: &str, record: &TaskRecord) -> Response {
     {
         r.headers_mut().insert("x-grip-worker", w);
     }
-    if record.attempt > 0 {
+    if record.run() > 0 {
         r.headers_mut()
-            .insert("x-grip-attempt", HeaderValue::from(record.attempt));
+            .insert("x-grip-attempt", HeaderValue::from(record.run()));
     }
     r
 }

@@ -203,15 +203,23 @@ impl Worker {
             tracing::info!(task_id = %id, "delivered again after its record was stored: acked");
             return Settle::Ack;
         }
-        // Deliveries given back (a worker stopping for a deploy) are not the task's fault.
-        let given_back = previous.as_ref().map_or(0, |r| r.given_back);
-        let tries = d.attempt.saturating_sub(given_back);
-        if tries > self.queue.config().max_attempts {
+        // Runs given back (a worker stopping for a deploy) are not the task's fault; the others
+        // ended with their worker.
+        let (runs, given_back) = previous.as_ref().map_or((0, 0), |r| (r.runs, r.given_back));
+        let failed = runs.saturating_sub(given_back);
+        if failed >= self.queue.config().max_attempts {
             let last = previous.and_then(|r| r.worker);
-            return self.dead_letter(d, tries - 1, &spec, last).await;
+            return self
+                .dead_letter(d, failed, (runs, given_back), &spec, last)
+                .await;
         }
-        let retry = (d.attempt > 1).then(|| retry_reason(previous.as_ref(), d.attempt));
+        let run = Attempt {
+            delivery: d.attempt,
+            number: runs + 1,
+        };
+        let retry = (runs > 0).then(|| retry_reason(previous.as_ref(), run.number));
         let running = TaskRecord {
+            runs: run.number,
             given_back,
             ..TaskRecord::pending(TaskState::Running, d.attempt, Some(self.name.clone()))
         };
@@ -224,12 +232,12 @@ impl Worker {
             }
             Err(e) => tracing::warn!(task_id = %id, "could not mark the task running: {e}"),
         }
-        let run = self.execute(id, spec, d.attempt, retry, permit, lost).await;
-        let (record, finish) = match run {
+        let (record, finish) = match self.execute(id, spec, run, retry, permit, lost).await {
             Run::Ended(record, finish) => (record, finish),
-            Run::Stopped => return self.give_back(d, given_back, None).await,
+            Run::Stopped => return self.give_back(d, run.number, given_back, None).await,
             Run::Unavailable => {
-                return self.give_back(d, given_back, Some(UNAVAILABLE_RETRY)).await;
+                let pause = Some(UNAVAILABLE_RETRY);
+                return self.give_back(d, run.number, given_back, pause).await;
             }
             Run::Lost => return Settle::Abandon,
         };
@@ -237,6 +245,7 @@ impl Worker {
             attempt: d.attempt,
             worker: Some(self.name.clone()),
             finish_frame: Some(finish.clone()),
+            runs: run.number,
             given_back,
             ..record
         };
@@ -251,7 +260,7 @@ impl Worker {
             // Stopping before the record could be stored: acked, the task would be lost.
             None => return Settle::Nak(None),
         }
-        self.publish_end(id, d.attempt, finish).await;
+        self.publish_end(id, run.number, finish).await;
         Settle::Ack
     }
 
@@ -260,10 +269,12 @@ impl Worker {
     async fn give_back(
         &self,
         d: &Delivery<'_>,
+        runs: u32,
         given_back: u32,
         pause: Option<Duration>,
     ) -> Settle {
         let record = TaskRecord {
+            runs,
             given_back: given_back + 1,
             ..TaskRecord::pending(TaskState::Queued, d.attempt, Some(self.name.clone()))
         };
@@ -280,13 +291,15 @@ impl Worker {
         &self,
         id: &str,
         spec: TaskSpec,
-        attempt: u32,
+        run: Attempt,
         retry: Option<String>,
         permit: OwnedSemaphorePermit,
         mut lost: oneshot::Receiver<()>,
     ) -> Run {
         let st = &self.state;
-        let (built, conversation) = match tasks::prepare(st, spec, attempt).await {
+        let attempt = run.number;
+        // The conversation's lease is fenced by the queue's delivery, as the record is.
+        let (built, conversation) = match tasks::prepare(st, spec, run.delivery).await {
             Ok(p) => p,
             Err((StatusCode::SERVICE_UNAVAILABLE, body)) => {
                 tracing::warn!(task_id = %id, "not run now: {}", body["error"]["message"]);
@@ -426,6 +439,7 @@ impl Worker {
         &self,
         d: &Delivery<'_>,
         attempts: u32,
+        (runs, given_back): (u32, u32),
         spec: &TaskSpec,
         last: Option<String>,
     ) -> Settle {
@@ -451,12 +465,13 @@ impl Worker {
         let frame = finish_frame(id, &body);
         let record = TaskRecord {
             state: TaskState::DeadLetter,
-            attempt: d.attempt - 1,
+            attempt: d.attempt,
             worker: last,
             status: Some(500),
             body: Some(body),
             finish_frame: Some(frame.clone()),
-            given_back: d.attempt - 1 - attempts,
+            runs,
+            given_back,
         };
         let subject = format!("{}.dead.{id}", self.queue.config().subject_prefix);
         let published = self
@@ -476,7 +491,7 @@ impl Worker {
             })
             .await;
         match (published, self.store(id, &record).await) {
-            (Some(()), Some(true)) => self.publish_end(id, d.attempt - 1, frame).await,
+            (Some(()), Some(true)) => self.publish_end(id, runs, frame).await,
             // A result came late, and it stands: nothing to tell.
             (Some(()), Some(false)) => {}
             _ => return Settle::Nak(None),
@@ -499,6 +514,15 @@ fn retry_reason(previous: Option<&TaskRecord>, attempt: u32) -> String {
             attempt - 1
         )
     }
+}
+
+/// Which run of its task a delivery is.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    /// The queue's delivery count: the fence between a stale delivery and a newer one.
+    delivery: u32,
+    /// The run's number (1 for the first), counted in the record: what clients see.
+    number: u32,
 }
 
 /// One delivery of a queued task.
