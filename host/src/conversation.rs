@@ -368,40 +368,20 @@ async fn modify_nats<T>(
 ) -> Result<T, ConversationError> {
     let store = |e: &dyn std::fmt::Display| ConversationError::Store(e.to_string());
     for _ in 0..CAS_ROUNDS {
-        let entry = kv.entry(key).await.map_err(|e| store(&e))?;
-        let (mut record, revision) = match entry {
-            Some(e) if e.operation == kv::Operation::Put => (
-                serde_json::from_slice(&e.value).map_err(|e| store(&e))?,
-                Some(e.revision),
-            ),
-            Some(e) => (Record::default(), Some(e.revision)),
-            None => (Record::default(), None),
+        let read = crate::kv_cas::read(kv, key).await.map_err(|e| store(&e))?;
+        let mut record = match &read.value {
+            Some(v) => serde_json::from_slice(v).map_err(|e| store(&e))?,
+            None => Record::default(),
         };
         let out = f(&mut record)?;
         let bytes = serde_json::to_vec(&record).map_err(|e| store(&e))?;
         // Only a lost race (another task wrote first) is worth another round; a full bucket
         // or NATS away is the answer.
-        let written = match revision {
-            Some(rev) => kv
-                .update(key, bytes.into(), rev)
-                .await
-                .map(drop)
-                .map_err(|e| {
-                    (
-                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                        store(&e),
-                    )
-                }),
-            None => kv
-                .create(key, bytes.into())
-                .await
-                .map(drop)
-                .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, store(&e))),
-        };
-        match written {
-            Ok(()) => return Ok(out),
-            Err((true, _)) => {}
-            Err((false, e)) => return Err(e),
+        if crate::kv_cas::write_over(kv, key, bytes.into(), read.revision)
+            .await
+            .map_err(|e| store(&e))?
+        {
+            return Ok(out);
         }
     }
     Err(ConversationError::Store(format!(

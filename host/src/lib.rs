@@ -46,6 +46,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod isolation;
+mod kv_cas;
 pub mod loader;
 pub mod manifest;
 pub mod models;

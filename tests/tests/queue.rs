@@ -55,6 +55,15 @@ fn header<'h>(h: &'h reqwest::header::HeaderMap, name: &str) -> &'h str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
+/// Submits a slow task with the id `id` (its input too), not waited for.
+async fn submit_slow(base: &str, id: &str, ms: u64) {
+    let mut body = slow(id, ms);
+    body["id"] = json!(id);
+    body["wait"] = json!(false);
+    let (status, _, answer) = submit(base, &body).await;
+    assert_eq!(status, 202, "{answer}");
+}
+
 /// A slow answer: the scripted driver waits `ms` before answering.
 fn slow(input: &str, ms: u64) -> Value {
     json!({"input": input, "config": {"delay_ms": ms}})
@@ -560,10 +569,7 @@ async fn a_task_survives_a_rolling_deploy_of_its_workers_without_using_its_attem
     let cluster = Cluster::new("max_attempts = 1");
     let mut w1 = cluster.worker("w1");
     let (_front, base) = cluster.front();
-    let mut body = slow("deployed", 4000);
-    body["id"] = json!("deployed");
-    body["wait"] = json!(false);
-    assert_eq!(submit(&base, &body).await.0, 202);
+    submit_slow(&base, "deployed", 4000).await;
     let _ = poll(&base, "deployed", Duration::from_secs(10), |_, b| {
         b["worker"] == "w1" && b["state"] == "running"
     })
@@ -595,10 +601,7 @@ async fn a_worker_frozen_past_ack_wait_gives_its_task_up_to_the_one_that_took_it
     let cluster = Cluster::new("ack_wait_ms = 1500");
     let mut w1 = cluster.worker("w1");
     let (_front, base) = cluster.front();
-    let mut body = slow("frozen", 4000);
-    body["id"] = json!("frozen");
-    body["wait"] = json!(false);
-    assert_eq!(submit(&base, &body).await.0, 202);
+    submit_slow(&base, "frozen", 4000).await;
     let (_, _, running) = poll(&base, "frozen", Duration::from_secs(10), |_, b| {
         b["worker"] == "w1"
     })

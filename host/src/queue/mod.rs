@@ -30,6 +30,7 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use serde::{Deserialize, Serialize};
 
 use crate::conversation::{ConversationConfig, Conversations};
+use crate::results::TaskRecord;
 use crate::spec::TaskSpec;
 
 /// `[queue]`: where the tasks go and how they are run.
@@ -150,6 +151,14 @@ mod d {
 pub struct Job {
     /// The task.
     pub spec: TaskSpec,
+}
+
+/// A task's record as read, and the revision it was read at.
+#[derive(Debug)]
+pub struct SeenRecord {
+    /// The record, if there is one.
+    pub record: Option<TaskRecord>,
+    revision: Option<u64>,
 }
 
 /// Why the queue cannot be used.
@@ -323,65 +332,56 @@ impl Queue {
     ///
     /// # Errors
     /// When the bucket cannot be read.
-    pub async fn record(&self, id: &str) -> Result<Option<crate::results::TaskRecord>, QueueError> {
-        let entry = self
-            .results
-            .get(id)
-            .await
-            .map_err(|e| self.error("reading a record", &e))?;
-        entry
-            .map(|b| serde_json::from_slice(&b))
-            .transpose()
-            .map_err(|e| self.error(&format!("record of `{id}`"), &e))
+    pub async fn record(&self, id: &str) -> Result<Option<TaskRecord>, QueueError> {
+        Ok(self.read_record(id).await?.record)
     }
 
-    /// Stores a worker's record of the task (running, or its result), unless the task has
-    /// ended already or a later attempt has taken it over (the record's attempt is the fence):
-    /// whether it was stored. So only the first result stored counts, and a stale delivery
-    /// (one held by a worker that was frozen) is not run at all.
+    /// The task's record with the revision a [`Queue::put_fenced`] writes over.
+    ///
+    /// # Errors
+    /// When the bucket cannot be read, or the record is not one.
+    pub async fn read_record(&self, id: &str) -> Result<SeenRecord, QueueError> {
+        let read = (crate::kv_cas::read(&self.results, id).await)
+            .map_err(|e| self.error("reading a record", &e))?;
+        let record = read
+            .value
+            .map(|v| serde_json::from_slice(&v))
+            .transpose()
+            .map_err(|e| self.error(&format!("record of `{id}`"), &e))?;
+        Ok(SeenRecord {
+            record,
+            revision: read.revision,
+        })
+    }
+
+    /// Stores a worker's record of the task (running, or its result) over `seen`, unless the
+    /// task has ended already or a later attempt has taken it over (the record's attempt is
+    /// the fence): whether it was stored. So only the first result stored counts, and a stale
+    /// delivery (one held by a worker that was frozen) is not run at all.
     ///
     /// # Errors
     /// When the bucket cannot be read or written.
     pub async fn put_fenced(
         &self,
         id: &str,
-        record: &crate::results::TaskRecord,
+        record: &TaskRecord,
+        mut seen: SeenRecord,
     ) -> Result<bool, QueueError> {
         let bytes = serde_json::to_vec(record).map_err(|e| self.error("encoding a record", &e))?;
         loop {
-            let entry =
-                (self.results.entry(id).await).map_err(|e| self.error("reading a record", &e))?;
-            let current = entry
-                .as_ref()
-                .filter(|e| e.operation == kv::Operation::Put)
-                .and_then(|e| serde_json::from_slice::<crate::results::TaskRecord>(&e.value).ok());
+            let current = seen.record.as_ref();
             if current.is_some_and(|c| c.state.ended() || c.attempt > record.attempt) {
                 return Ok(false);
             }
             // Written only over what was read: a concurrent writer sends the loop round again.
-            let written = match &entry {
-                Some(e) => (self
-                    .results
-                    .update(id, bytes.clone().into(), e.revision)
-                    .await)
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    }),
-                None => (self.results.create(id, bytes.clone().into()).await).map_err(|e| {
-                    (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
-                        e.to_string(),
-                    )
-                }),
-            };
-            match written {
-                Ok(_) => return Ok(true),
-                Err((true, _)) => {}
-                Err((false, e)) => return Err(self.error("writing a record", &e)),
+            let written =
+                crate::kv_cas::write_over(&self.results, id, bytes.clone().into(), seen.revision)
+                    .await
+                    .map_err(|e| self.error("writing a record", &e))?;
+            if written {
+                return Ok(true);
             }
+            seen = self.read_record(id).await?;
         }
     }
 

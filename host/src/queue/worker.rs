@@ -191,7 +191,7 @@ impl Worker {
         lost: oneshot::Receiver<()>,
     ) -> Settle {
         let id = d.id;
-        let previous = match self.queue.record(id).await {
+        let seen = match self.queue.read_record(id).await {
             Ok(r) => r,
             // Not knowing whether it ended, it is not run (it may have): asked again later.
             Err(e) => {
@@ -199,6 +199,7 @@ impl Worker {
                 return Settle::Nak(Some(UNAVAILABLE_RETRY));
             }
         };
+        let previous = seen.record.clone();
         if previous.as_ref().is_some_and(|r| r.state.ended()) {
             tracing::info!(task_id = %id, "delivered again after its record was stored: acked");
             return Settle::Ack;
@@ -223,7 +224,8 @@ impl Worker {
             given_back,
             ..TaskRecord::pending(TaskState::Running, d.attempt, Some(self.name.clone()))
         };
-        match self.queue.put_fenced(id, &running).await {
+        // Written over the record just read: no second read on the way to running.
+        match self.queue.put_fenced(id, &running, seen).await {
             Ok(true) => {}
             // A later attempt runs it (this delivery waited in a frozen worker): not ours.
             Ok(false) => {
@@ -278,7 +280,7 @@ impl Worker {
             given_back: given_back + 1,
             ..TaskRecord::pending(TaskState::Queued, d.attempt, Some(self.name.clone()))
         };
-        if let Err(e) = self.queue.put_fenced(d.id, &record).await {
+        if let Err(e) = self.put_fenced_fresh(d.id, &record).await {
             // Then this delivery counts as an attempt: the task is still run again.
             tracing::warn!(task_id = %d.id, "recording the task as given back failed: {e}");
         }
@@ -406,8 +408,14 @@ impl Worker {
     /// the task has a result already, or a later attempt), `None` when the worker stopped
     /// first. The task is acked only after this, so giving up would run it again.
     async fn store(&self, id: &str, record: &TaskRecord) -> Option<bool> {
-        self.until_done("storing the result", || self.queue.put_fenced(id, record))
+        self.until_done("storing the result", || self.put_fenced_fresh(id, record))
             .await
+    }
+
+    /// [`Queue::put_fenced`] over the record as it is now.
+    async fn put_fenced_fresh(&self, id: &str, record: &TaskRecord) -> Result<bool, QueueError> {
+        let seen = self.queue.read_record(id).await?;
+        self.queue.put_fenced(id, record, seen).await
     }
 
     /// Runs `step` until it succeeds, pausing longer after each failure, or until the worker
