@@ -49,6 +49,7 @@ pub mod isolation;
 mod kv_cas;
 pub mod loader;
 pub mod manifest;
+pub mod mcp;
 pub mod models;
 pub mod overrides;
 pub mod plugin;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use plugin_api::abi::{
-    ABI_GENERATION_V1, HostServicesV1, LogLevel, PanicStrategy, PluginInfoFfi, PluginModV1Ref,
+    ABI_GENERATION_V1, Capabilities, HostServicesV1, LogLevel, PanicStrategy, PluginInfoFfi, PluginModV1Ref,
     ROOT_MODULE_NAME,
 };
 use plugin_api::abi_stable::library::{LibHeader, LibraryError, lib_header_from_path};
@@ -31,7 +31,7 @@ use crate::capability::kinds_of;
 use crate::error::LoadError;
 use crate::isolation::supervisor::Launch;
 use crate::isolation::{Isolation, IsolationPolicy, Supervisor};
-use crate::manifest::{LibrarySource, Manifest, describe_capabilities};
+use crate::manifest::{LibrarySource, Manifest, Source, describe_capabilities};
 use crate::plugin::{Backend, Plugin, PluginInfo};
 
 /// ABI generations this host can load, newest first.
@@ -104,7 +104,15 @@ pub fn resolve_library(manifest: &Manifest, options: &LoaderOptions) -> Result<P
         manifest: manifest.path.clone(),
         detail,
     };
-    match &manifest.library {
+    let library = match &manifest.source {
+        Source::Library(l) => l,
+        Source::Mcp(_) => {
+            return Err(not_found(
+                "it is an `[mcp]` manifest: its tool is an MCP server, not a library".into(),
+            ));
+        }
+    };
+    match library {
         LibrarySource::Path(p) => {
             let full = manifest.dir().join(p);
             if full.is_file() {
@@ -302,12 +310,37 @@ fn info_from_ffi(info: PluginInfoFfi) -> PluginInfo {
 /// # Errors
 /// A [`LoadError`] saying which check failed, with the plugin id and the file.
 pub fn load(manifest: Manifest, options: &LoaderOptions) -> Result<Plugin, LoadError> {
+    if let Source::Mcp(settings) = &manifest.source {
+        return Ok(load_mcp(Arc::clone(settings), manifest));
+    }
     let library = resolve_library(&manifest, options)?;
     verify_hash(&manifest, &library, options)?;
     match options.isolation.mode_for(&manifest.id, manifest.isolation) {
         Isolation::InProcess => open(manifest, library, false),
         Isolation::Process => start_isolated(manifest, library, options),
     }
+}
+
+/// An `[mcp]` manifest's plugin: a tool whose server starts when the tool is first used (a
+/// registered server costs a `grip run` that does not use it nothing).
+fn load_mcp(settings: Arc<crate::mcp::McpSettings>, manifest: Manifest) -> Plugin {
+    let info = PluginInfo {
+        id: manifest.id.clone(),
+        version: manifest.version.clone().unwrap_or_else(|| "-".into()),
+        description: manifest.description.clone().unwrap_or_default(),
+        abi_generation: 0,
+        wire_version: WIRE_VERSION,
+        sdk_version: "mcp".into(),
+        capabilities: Capabilities::TOOL_SYNC | Capabilities::TOOL_ASYNC,
+        panic_unwind: true,
+    };
+    let client = crate::mcp::client::McpClient::new(
+        &manifest.id,
+        (*settings).clone(),
+        info.description.clone(),
+    );
+    let path = manifest.path.clone();
+    Plugin::new(Arc::new(manifest), info, path, Backend::Mcp(client))
 }
 
 /// dlopens a checked library, checks what it says about itself, and runs its `init`.

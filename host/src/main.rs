@@ -71,6 +71,11 @@ enum Command {
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
     },
+    /// The Model Context Protocol: offer tool plugins to MCP clients.
+    Mcp {
+        #[command(subcommand)]
+        command: McpCommand,
+    },
     /// Serve one process-isolated plugin to its host over stdin/stdout (started by the host).
     #[command(hide = true)]
     PluginHost {
@@ -130,6 +135,29 @@ impl LoadArgs {
             ..Default::default()
         }
     }
+}
+
+#[derive(Subcommand)]
+enum McpCommand {
+    /// Serve tool plugins' activities as MCP tools (`<Tool>_<activity>`): on stdin/stdout,
+    /// or streamable HTTP at `http://ADDR/mcp` with --http.
+    Serve {
+        /// A tool plugin id to offer (repeatable).
+        #[arg(long = "tool", required = true)]
+        tools: Vec<String>,
+        /// Serve streamable HTTP on this address instead of stdio.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// With --http: the environment variable holding a bearer token every request must
+        /// carry (required to listen on a non-loopback address).
+        #[arg(long, requires = "http")]
+        auth_token_env: Option<String>,
+        /// With --http: a host name accepted in `Host` besides loopback ones (repeatable).
+        #[arg(long = "allowed-host", requires = "http")]
+        allowed_hosts: Vec<String>,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -333,6 +361,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             name,
             metrics,
         } => worker(config, nats, name, metrics),
+        Command::Mcp {
+            command:
+                McpCommand::Serve {
+                    tools,
+                    http,
+                    auth_token_env,
+                    allowed_hosts,
+                    load,
+                },
+        } => mcp_serve(&tools, http, auth_token_env.as_deref(), allowed_hosts, &load),
         Command::PluginHost { manifest, library } => {
             Ok(host::isolation::serve_child(&manifest, &library))
         }
@@ -423,6 +461,12 @@ fn plugins_list(load: &LoadArgs, json: bool) -> anyhow::Result<ExitCode> {
                 },
                 path.display()
             )?;
+            if let Some(mcp) = &r.mcp {
+                writeln!(out, "    mcp: {mcp}")?;
+            }
+            if !r.functions.is_empty() {
+                writeln!(out, "    functions: {}", r.functions.join(", "))?;
+            }
             if let Some(reason) = r.reason {
                 writeln!(out, "    reason: {reason}")?;
             }
@@ -761,6 +805,7 @@ fn serve(
             state.use_queue(q);
         }
         let state = Arc::new(state);
+        state.registry().start_mcp();
         for r in state.registry().refused() {
             tracing::warn!("{}", r.error);
         }
@@ -836,6 +881,7 @@ fn worker(
             state.config().queue.concurrency
         );
         let state = Arc::new(state);
+        state.registry().start_mcp();
         if let Some(listener) = ops {
             eprintln!("grip: worker metrics on http://{}", listener.local_addr()?);
             let st = Arc::clone(&state);
@@ -845,6 +891,64 @@ fn worker(
             .await?;
         state.flush_listeners().await;
         anyhow::Ok(())
+    })?;
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mcp_serve(
+    ids: &[String],
+    http: Option<std::net::SocketAddr>,
+    token_env: Option<&str>,
+    allowed_hosts: Vec<String>,
+    load: &LoadArgs,
+) -> anyhow::Result<ExitCode> {
+    let token = match token_env {
+        Some(var) => Some(std::env::var(var).with_context(|| {
+            format!("--auth-token-env {var}: the environment variable is not set")
+        })?),
+        None => None,
+    };
+    if let Some(addr) = http
+        && token.is_none()
+        && !host::mcp::server::is_loopback(&addr)
+    {
+        anyhow::bail!(
+            "--http {addr} is not a loopback address: give --auth-token-env VAR so only holders of the token can call the tools"
+        );
+    }
+    let (registry, dirs) = load.registry()?;
+    let mut tools = Vec::new();
+    for id in ids {
+        let plugin = spec::find(&registry, id, Kind::Tool, "tool")
+            .map_err(|e| anyhow::anyhow!("{e}{}", nothing_found(&registry, &dirs)))?;
+        tools.push(plugin.new_tool(None)?);
+    }
+    let server = host::mcp::server::ToolServer::new(&tools).map_err(anyhow::Error::msg)?;
+    let names: Vec<String> = server.tools().iter().map(|t| t.name.to_string()).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match http {
+            None => {
+                eprintln!("grip: MCP server on stdio (tools: {})", names.join(", "));
+                server.serve_stdio().await
+            }
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                eprintln!(
+                    "grip: MCP server on http://{}/mcp (tools: {})",
+                    listener.local_addr()?,
+                    names.join(", ")
+                );
+                server
+                    .serve_http(listener, token, allowed_hosts, daemon::shutdown_signal())
+                    .await
+            }
+        }
     })?;
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
     Ok(ExitCode::SUCCESS)

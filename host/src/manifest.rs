@@ -36,14 +36,25 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use plugin_api::abi::Capabilities;
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::isolation::{Isolation, ProcessSettings};
+use crate::mcp::{McpSettings, RawMcp};
 
 pub use crate::capability::{Kind, Mode, capability, describe_capabilities};
+
+/// Where the plugin's code is: a shared library, or an MCP server (see [`crate::mcp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `[library]`.
+    Library(LibrarySource),
+    /// `[mcp]`: a tool backed by an MCP server.
+    Mcp(Arc<McpSettings>),
+}
 
 /// Where the plugin's shared library is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +78,8 @@ pub struct Manifest {
     pub version: Option<String>,
     /// Declared kinds (`kinds`, or the keys of `[capabilities]`); empty when neither is given.
     pub kinds: Vec<Kind>,
-    /// The library.
-    pub library: LibrarySource,
+    /// The library, or the MCP server.
+    pub source: Source,
     /// Pinned sha256 of the library (lower-case hex).
     pub sha256: Option<String>,
     /// Declared capabilities, when `[capabilities]` is given.
@@ -118,7 +129,10 @@ struct RawManifest {
     version: Option<Spanned<String>>,
     #[serde(default)]
     kinds: Option<Spanned<Vec<Kind>>>,
-    library: Spanned<RawLibrary>,
+    #[serde(default)]
+    library: Option<Spanned<RawLibrary>>,
+    #[serde(default)]
+    mcp: Option<Spanned<RawMcp>>,
     #[serde(default)]
     capabilities: Option<Spanned<BTreeMap<Kind, Spanned<Vec<Mode>>>>>,
     #[serde(default)]
@@ -126,9 +140,9 @@ struct RawManifest {
     #[serde(default)]
     overrides: Option<RawOverrides>,
     #[serde(default)]
-    isolation: Isolation,
+    isolation: Option<Isolation>,
     #[serde(default)]
-    process: ProcessSettings,
+    process: Option<ProcessSettings>,
 }
 
 #[derive(Deserialize)]
@@ -179,7 +193,7 @@ impl Manifest {
     /// # Errors
     /// A [`ManifestError`] naming the file, the line and the field.
     pub fn parse(path: &Path, src: &str) -> Result<Self, ManifestError> {
-        let at = Source { path, src };
+        let at = Text { path, src };
         let raw: RawManifest = toml::from_str(src).map_err(|e| {
             let message = e
                 .message()
@@ -200,8 +214,35 @@ impl Manifest {
             Some(caps) => Some(check_capabilities(&at, &kinds, caps)?),
             None => None,
         };
-        let library = check_library(&at, &raw.library)?;
-        let sha256 = check_sha256(&at, raw.library.get_ref().sha256.as_ref())?;
+        let (source, sha256) = match (raw.library, raw.mcp) {
+            (Some(library), None) => (
+                Source::Library(check_library(&at, &library)?),
+                check_sha256(&at, library.get_ref().sha256.as_ref())?,
+            ),
+            (None, Some(mcp)) => {
+                check_mcp_manifest(&at, &kinds, &raw.config, raw.overrides.as_ref(), raw.isolation, raw.process.is_some())?;
+                let span = mcp.span();
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let settings = mcp
+                    .into_inner()
+                    .validate(&id, dir, &|k| std::env::var(k).ok())
+                    .map_err(|m| at.error(Some(span), m))?;
+                (Source::Mcp(Arc::new(settings)), None)
+            }
+            (Some(_), Some(mcp)) => {
+                return Err(at.field(&mcp, "give either `[library]` or `[mcp]`, not both".into()));
+            }
+            (None, None) => {
+                return Err(at.error(
+                    None,
+                    "missing `[library]` (a plugin's shared library) or `[mcp]` (an MCP server)".into(),
+                ));
+            }
+        };
+        let kinds = match &source {
+            Source::Mcp(_) => vec![Kind::Tool],
+            Source::Library(_) => kinds,
+        };
         let version = match raw.version {
             Some(v) if v.get_ref().trim().is_empty() => {
                 return Err(at.field(&v, "field `version`: must not be empty".into()));
@@ -232,14 +273,14 @@ impl Manifest {
             description: raw.description,
             version,
             kinds,
-            library,
+            source,
             sha256,
             capabilities,
             config,
             model_source,
             overridable,
-            isolation: raw.isolation,
-            process: raw.process,
+            isolation: raw.isolation.unwrap_or_default(),
+            process: raw.process.unwrap_or_default(),
         })
     }
 
@@ -250,12 +291,12 @@ impl Manifest {
 }
 
 /// The manifest text being parsed, for errors that point into it.
-struct Source<'a> {
+struct Text<'a> {
     path: &'a Path,
     src: &'a str,
 }
 
-impl Source<'_> {
+impl Text<'_> {
     fn error(&self, span: Option<std::ops::Range<usize>>, message: String) -> ManifestError {
         let (line, column) = span.map_or((None, None), |s| {
             let (l, c) = line_col(self.src, s.start);
@@ -275,7 +316,7 @@ impl Source<'_> {
     }
 }
 
-fn check_id(at: &Source<'_>, raw: &Spanned<String>) -> Result<String, ManifestError> {
+fn check_id(at: &Text<'_>, raw: &Spanned<String>) -> Result<String, ManifestError> {
     let id = raw.get_ref().trim();
     let valid =
         |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
@@ -291,7 +332,7 @@ fn check_id(at: &Source<'_>, raw: &Spanned<String>) -> Result<String, ManifestEr
     Ok(id.to_owned())
 }
 
-fn check_kinds(at: &Source<'_>, raw: &Spanned<Vec<Kind>>) -> Result<Vec<Kind>, ManifestError> {
+fn check_kinds(at: &Text<'_>, raw: &Spanned<Vec<Kind>>) -> Result<Vec<Kind>, ManifestError> {
     let kinds = raw.get_ref();
     if kinds.is_empty() {
         return Err(at.field(
@@ -309,7 +350,7 @@ fn check_kinds(at: &Source<'_>, raw: &Spanned<Vec<Kind>>) -> Result<Vec<Kind>, M
 
 /// `[capabilities]`: one non-empty entry per declared kind, each mode valid for its kind.
 fn check_capabilities(
-    at: &Source<'_>,
+    at: &Text<'_>,
     kinds: &[Kind],
     raw: &Spanned<BTreeMap<Kind, Spanned<Vec<Mode>>>>,
 ) -> Result<Capabilities, ManifestError> {
@@ -351,9 +392,37 @@ fn check_capabilities(
     Ok(capabilities)
 }
 
+/// An `[mcp]` manifest has none of a library's tables: its server is configured in `[mcp]`,
+/// runs out of process by nature, and is a tool.
+fn check_mcp_manifest(
+    at: &Text<'_>,
+    kinds: &[Kind],
+    config: &toml::Table,
+    overrides: Option<&RawOverrides>,
+    isolation: Option<Isolation>,
+    process: bool,
+) -> Result<(), ManifestError> {
+    let refuse = |what: &str| {
+        at.error(None, format!("{what} is not used by an `[mcp]` manifest (the server is configured in `[mcp]`)"))
+    };
+    if kinds.iter().any(|k| *k != Kind::Tool) {
+        return Err(at.error(None, "field `kinds`: an `[mcp]` manifest is a `tool`".into()));
+    }
+    if !config.is_empty() {
+        return Err(refuse("`[config]`"));
+    }
+    if overrides.is_some() {
+        return Err(refuse("`[overrides]` (no request can change an MCP server)"));
+    }
+    if isolation.is_some() || process {
+        return Err(refuse("`isolation` / `[process]` (an MCP server always runs on its own)"));
+    }
+    Ok(())
+}
+
 /// `[library]`: exactly one of a non-empty `path` or a bare `name`.
 fn check_library(
-    at: &Source<'_>,
+    at: &Text<'_>,
     raw: &Spanned<RawLibrary>,
 ) -> Result<LibrarySource, ManifestError> {
     let lib = raw.get_ref();
@@ -385,7 +454,7 @@ fn check_library(
 }
 
 fn check_sha256(
-    at: &Source<'_>,
+    at: &Text<'_>,
     raw: Option<&Spanned<String>>,
 ) -> Result<Option<String>, ManifestError> {
     let Some(s) = raw else { return Ok(None) };
@@ -444,7 +513,10 @@ nested = { a = 1 }
     fn a_good_manifest_parses() {
         let m = parse(GOOD).unwrap();
         assert_eq!(m.id, "scripted");
-        assert_eq!(m.library, LibrarySource::Name("scripted_driver".into()));
+        assert_eq!(
+            m.source,
+            Source::Library(LibrarySource::Name("scripted_driver".into()))
+        );
         let caps = m.capabilities.unwrap();
         assert_eq!(
             caps,

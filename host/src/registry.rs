@@ -54,8 +54,14 @@ pub struct PluginRow {
     pub overridable: Vec<String>,
     /// `in_process` or `process` (when loaded).
     pub isolation: Option<crate::isolation::Isolation>,
-    /// The pid of a process-isolated plugin's child.
+    /// The pid of a process-isolated plugin's child (or its stdio MCP server's).
     pub pid: Option<u32>,
+    /// An MCP server's transport, and its name and version when it is up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<String>,
+    /// The functions an MCP server's tool offers (`<Tool>_<activity>`), when it is up.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<String>,
 }
 
 impl Registry {
@@ -160,22 +166,11 @@ impl Registry {
 
     /// One row per manifest, loaded first (by id), then refused.
     pub fn rows(&self) -> Vec<PluginRow> {
+        self.start_mcp(); // all at once: each row below waits for its own
         let mut rows: Vec<PluginRow> = self
             .plugins
             .values()
-            .map(|p| PluginRow {
-                id: p.id().to_owned(),
-                kinds: p.kinds(),
-                version: Some(p.info().version.clone()),
-                capabilities: describe_capabilities(p.capabilities()),
-                manifest: p.manifest().path.clone(),
-                library: Some(p.library().to_owned()),
-                status: "loaded",
-                reason: None,
-                overridable: p.manifest().overridable.clone(),
-                isolation: Some(p.isolation()),
-                pid: p.child_pid(),
-            })
+            .map(|p| self.row(p))
             .collect();
         rows.extend(self.refused.iter().map(|r| PluginRow {
             id: r.id.clone().unwrap_or_else(|| "?".into()),
@@ -189,7 +184,72 @@ impl Registry {
             overridable: Vec::new(),
             isolation: None,
             pid: None,
+            mcp: None,
+            functions: Vec::new(),
         }));
         rows
+    }
+
+    /// The row of a loaded plugin; an MCP server's shows what it offers, or why it is not up.
+    fn row(&self, p: &Plugin) -> PluginRow {
+        let mut row = PluginRow {
+            id: p.id().to_owned(),
+            kinds: p.kinds(),
+            version: Some(p.info().version.clone()),
+            capabilities: describe_capabilities(p.capabilities()),
+            manifest: p.manifest().path.clone(),
+            library: Some(p.library().to_owned()),
+            status: "loaded",
+            reason: None,
+            overridable: p.manifest().overridable.clone(),
+            isolation: Some(p.isolation()),
+            pid: p.child_pid(),
+            mcp: None,
+            functions: Vec::new(),
+        };
+        if let Some(client) = p.mcp() {
+            row.library = None;
+            let mut what = client.settings().describe();
+            match client.connect_blocking() {
+                Ok(session) => {
+                    what = format!("{what} ({})", session.server);
+                    let catalog = session.catalog();
+                    row.functions = catalog
+                        .spec
+                        .activities
+                        .iter()
+                        .map(|a| format!("{}_{}", catalog.spec.name, a.name))
+                        .collect();
+                }
+                Err(why) => {
+                    row.status = "down";
+                    row.reason = Some(why);
+                }
+            }
+            row.mcp = Some(what);
+        }
+        row
+    }
+
+    /// Starts every MCP server now, without waiting (the daemon and workers: the first task
+    /// then finds them up).
+    pub fn start_mcp(&self) {
+        for client in self.plugins.values().filter_map(Plugin::mcp) {
+            client.start();
+        }
+    }
+
+    /// Ends every MCP server (stdin closed, SIGTERM, SIGKILL to its process group).
+    pub fn shutdown(&self) {
+        for client in self.plugins.values().filter_map(Plugin::mcp) {
+            client.shutdown();
+        }
+    }
+}
+
+/// A registry's MCP servers end with it; a server is never left running after its host.
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }

@@ -29,8 +29,10 @@ pub const MAX_DEATHS: usize = 5;
 /// See [`MAX_DEATHS`].
 pub const DEATH_WINDOW: Duration = Duration::from_secs(60);
 
-/// The runtime that serves every child's pipes; `Err` when it could not be started.
-pub(super) fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+/// The host's background runtime: one long-lived thread that forks and serves plugin children
+/// (process-isolated plugins, stdio MCP servers), so their `PR_SET_PDEATHSIG` fires only when
+/// the host ends. `Err` when it could not be started.
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
     static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()

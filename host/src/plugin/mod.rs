@@ -23,6 +23,7 @@ pub(crate) use raw::{Raw, RawStream};
 
 use crate::error::CallError;
 use crate::isolation::{Isolation, Supervisor};
+use crate::mcp::client::McpClient;
 use crate::manifest::{Kind, Manifest, Mode, capability};
 
 /// What a plugin says about itself.
@@ -66,6 +67,8 @@ pub(crate) enum Backend {
     Local(PluginModV1Ref),
     /// In a supervised child process.
     Process(Arc<Supervisor>),
+    /// An MCP server.
+    Mcp(Arc<McpClient>),
 }
 
 impl std::fmt::Debug for Plugin {
@@ -124,6 +127,20 @@ fn decode<T: DeserializeOwned>(plugin: &str, op: &'static str, json: &str) -> Re
     })
 }
 
+/// A tool instance of an MCP server: the server's current tool list (the server is started,
+/// or waited for, here) and calls sent to it.
+fn mcp_instance(
+    plugin: &str,
+    op: &'static str,
+    client: &Arc<McpClient>,
+) -> Result<(Raw, Option<String>), CallError> {
+    let session = client
+        .connect_blocking()
+        .map_err(|why| CallError::host(plugin, op, ErrorKind::Upstream, why))?;
+    let spec = encode(plugin, op, &*session.catalog().spec)?;
+    Ok((Raw::Mcp(Arc::clone(client)), Some(spec)))
+}
+
 fn encode<T: Serialize>(plugin: &str, op: &'static str, value: &T) -> Result<String, CallError> {
     serde_json::to_string(value).map_err(|e| {
         CallError::host(
@@ -156,7 +173,7 @@ impl Plugin {
     pub fn isolation(&self) -> Isolation {
         match self.inner.backend {
             Backend::Local(_) => Isolation::InProcess,
-            Backend::Process(_) => Isolation::Process,
+            Backend::Process(_) | Backend::Mcp(_) => Isolation::Process,
         }
     }
 
@@ -165,6 +182,7 @@ impl Plugin {
         match &self.inner.backend {
             Backend::Local(_) => None,
             Backend::Process(s) => s.pid(),
+            Backend::Mcp(c) => c.session().and_then(|s| s.pid),
         }
     }
 
@@ -173,6 +191,15 @@ impl Plugin {
         match &self.inner.backend {
             Backend::Local(_) => None,
             Backend::Process(s) => Some(s.restarts()),
+            Backend::Mcp(c) => Some(c.restarts()),
+        }
+    }
+
+    /// The MCP client, when the plugin is an MCP server.
+    pub fn mcp(&self) -> Option<&Arc<McpClient>> {
+        match &self.inner.backend {
+            Backend::Mcp(c) => Some(c),
+            _ => None,
         }
     }
 
@@ -198,6 +225,7 @@ impl Plugin {
         let id = self.id();
         let module = match &self.inner.backend {
             Backend::Process(s) => return s.new_instance(kind, op, config),
+            Backend::Mcp(c) => return mcp_instance(id, op, c),
             Backend::Local(m) => m,
         };
         let c = config.as_str().into();

@@ -19,6 +19,7 @@ use super::to_call_error;
 use crate::error::CallError;
 use crate::isolation::protocol::Method;
 use crate::isolation::{RemoteInstance, RemoteStream};
+use crate::mcp::client::McpClient;
 
 /// One instance of a driver, tool or listener.
 #[derive(Clone)]
@@ -27,6 +28,8 @@ pub(crate) enum Raw {
     Tool(Arc<ToolBox>),
     Listener(Arc<ListenerBox>),
     Remote(Arc<RemoteInstance>),
+    /// A tool backed by an MCP server.
+    Mcp(Arc<McpClient>),
 }
 
 impl Method {
@@ -70,6 +73,7 @@ impl Raw {
         let op = method.op();
         let out = match (self, method) {
             (Raw::Remote(r), _) => return r.call_blocking(method, body),
+            (Raw::Mcp(c), Method::Call) => return c.call_blocking(method.op(), body),
             (Raw::Driver(d), Method::Prompt) => d.prompt(body.into()),
             (Raw::Tool(t), Method::Call) => t.call(body.into()),
             (Raw::Listener(l), Method::Publish) => unit(l.publish(body.into())),
@@ -88,6 +92,7 @@ impl Raw {
     ) -> Result<String, CallError> {
         let fut = match (self, method) {
             (Raw::Remote(r), _) => return r.call(method, body).await,
+            (Raw::Mcp(c), Method::CallAsync) => return c.call(method.op(), &body).await,
             (Raw::Driver(d), Method::PromptAsync) => d.prompt_async(body.into()),
             (Raw::Tool(t), Method::CallAsync) => t.call_async(body.into()),
             (Raw::Listener(l), Method::PublishAsync) => {

@@ -62,7 +62,7 @@ mod memory;
 mod run;
 mod stream;
 mod sync_path;
-mod tools;
+pub(crate) mod tools;
 
 pub use error::{StopReason, TaskError};
 pub use machine::{Awaiting, Machine, MachineConfig, Next};

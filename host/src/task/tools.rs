@@ -95,24 +95,23 @@ impl ToolSet {
 
     /// Runs the calls concurrently (the async path); results in call order.
     pub(crate) async fn run_async(&self, subtask: &ActionsSubtask) -> Vec<Message> {
-        let calls = subtask.calls.iter().map(|call| {
-            let checked =
-                check_call(&self.functions, call).map(|(i, inv)| (self.tools[i].clone(), inv));
-            async move {
-                match checked {
-                    Err(msg) => msg,
-                    Ok((tool, inv)) => {
-                        let has_async = tool.plugin().can(Kind::Tool, Mode::Async);
-                        let (t, i) = (tool.clone(), inv.clone());
-                        let out =
-                            on_async_path(has_async, || tool.call_async(&inv), move || t.call(&i))
-                                .await;
-                        tool_message(call, out)
-                    }
-                }
+        futures::future::join_all(subtask.calls.iter().map(|call| self.call_async(call))).await
+    }
+
+    /// Runs one call on the async path (a task's, or an MCP client's through `grip mcp
+    /// serve`): checked, then run in the tool's mode. Dropping the future cancels the call.
+    pub(crate) async fn call_async(&self, call: &ToolCall) -> Message {
+        match check_call(&self.functions, call) {
+            Err(msg) => msg,
+            Ok((i, inv)) => {
+                let tool = self.tools[i].clone();
+                let has_async = tool.plugin().can(Kind::Tool, Mode::Async);
+                let (t, i) = (tool.clone(), inv.clone());
+                let out =
+                    on_async_path(has_async, || tool.call_async(&inv), move || t.call(&i)).await;
+                tool_message(call, out)
             }
-        });
-        futures::future::join_all(calls).await
+        }
     }
 }
 
