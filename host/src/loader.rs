@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use plugin_api::abi::{
-    ABI_GENERATION_V1, Capabilities, HostServicesV1, LogLevel, PanicStrategy, PluginInfoFfi, PluginModV1Ref,
-    ROOT_MODULE_NAME,
+    ABI_GENERATION_V1, Capabilities, HostServicesV1, LogLevel, PanicStrategy, PluginInfoFfi,
+    PluginModV1Ref, ROOT_MODULE_NAME,
 };
 use plugin_api::abi_stable::library::{LibHeader, LibraryError, lib_header_from_path};
 use plugin_api::abi_stable::std_types::RStr;

@@ -370,7 +370,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     allowed_hosts,
                     load,
                 },
-        } => mcp_serve(&tools, http, auth_token_env.as_deref(), allowed_hosts, &load),
+        } => mcp_serve(
+            &tools,
+            http,
+            auth_token_env.as_deref(),
+            allowed_hosts,
+            &load,
+        ),
         Command::PluginHost { manifest, library } => {
             Ok(host::isolation::serve_child(&manifest, &library))
         }
@@ -424,6 +430,7 @@ fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
 
 fn plugins_list(load: &LoadArgs, json: bool) -> anyhow::Result<ExitCode> {
     let (registry, _) = load.registry()?;
+    registry.connect_mcp();
     let rows = registry.rows();
     let mut out = std::io::stdout().lock();
     if json {

@@ -220,7 +220,14 @@ impl Manifest {
                 check_sha256(&at, library.get_ref().sha256.as_ref())?,
             ),
             (None, Some(mcp)) => {
-                check_mcp_manifest(&at, &kinds, &raw.config, raw.overrides.as_ref(), raw.isolation, raw.process.is_some())?;
+                check_mcp_manifest(
+                    &at,
+                    &kinds,
+                    &raw.config,
+                    raw.overrides.as_ref(),
+                    raw.isolation,
+                    raw.process.is_some(),
+                )?;
                 let span = mcp.span();
                 let dir = path.parent().unwrap_or(Path::new("."));
                 let settings = mcp
@@ -235,7 +242,8 @@ impl Manifest {
             (None, None) => {
                 return Err(at.error(
                     None,
-                    "missing `[library]` (a plugin's shared library) or `[mcp]` (an MCP server)".into(),
+                    "missing `[library]` (a plugin's shared library) or `[mcp]` (an MCP server)"
+                        .into(),
                 ));
             }
         };
@@ -403,28 +411,37 @@ fn check_mcp_manifest(
     process: bool,
 ) -> Result<(), ManifestError> {
     let refuse = |what: &str| {
-        at.error(None, format!("{what} is not used by an `[mcp]` manifest (the server is configured in `[mcp]`)"))
+        at.error(
+            None,
+            format!(
+                "{what} is not used by an `[mcp]` manifest (the server is configured in `[mcp]`)"
+            ),
+        )
     };
     if kinds.iter().any(|k| *k != Kind::Tool) {
-        return Err(at.error(None, "field `kinds`: an `[mcp]` manifest is a `tool`".into()));
+        return Err(at.error(
+            None,
+            "field `kinds`: an `[mcp]` manifest is a `tool`".into(),
+        ));
     }
     if !config.is_empty() {
         return Err(refuse("`[config]`"));
     }
     if overrides.is_some() {
-        return Err(refuse("`[overrides]` (no request can change an MCP server)"));
+        return Err(refuse(
+            "`[overrides]` (no request can change an MCP server)",
+        ));
     }
     if isolation.is_some() || process {
-        return Err(refuse("`isolation` / `[process]` (an MCP server always runs on its own)"));
+        return Err(refuse(
+            "`isolation` / `[process]` (an MCP server always runs on its own)",
+        ));
     }
     Ok(())
 }
 
 /// `[library]`: exactly one of a non-empty `path` or a bare `name`.
-fn check_library(
-    at: &Text<'_>,
-    raw: &Spanned<RawLibrary>,
-) -> Result<LibrarySource, ManifestError> {
+fn check_library(at: &Text<'_>, raw: &Spanned<RawLibrary>) -> Result<LibrarySource, ManifestError> {
     let lib = raw.get_ref();
     match (&lib.path, &lib.name) {
         (Some(p), None) if !p.get_ref().trim().is_empty() => {

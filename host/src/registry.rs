@@ -164,14 +164,10 @@ impl Registry {
         &self.refused
     }
 
-    /// One row per manifest, loaded first (by id), then refused.
+    /// One row per manifest, loaded first (by id), then refused. An MCP server's row says what
+    /// it offers when it is up (see [`Registry::connect_mcp`]), else why not; nothing waits.
     pub fn rows(&self) -> Vec<PluginRow> {
-        self.start_mcp(); // all at once: each row below waits for its own
-        let mut rows: Vec<PluginRow> = self
-            .plugins
-            .values()
-            .map(|p| self.row(p))
-            .collect();
+        let mut rows: Vec<PluginRow> = self.plugins.values().map(|p| self.row(p)).collect();
         rows.extend(self.refused.iter().map(|r| PluginRow {
             id: r.id.clone().unwrap_or_else(|| "?".into()),
             kinds: Vec::new(),
@@ -210,9 +206,11 @@ impl Registry {
         if let Some(client) = p.mcp() {
             row.library = None;
             let mut what = client.settings().describe();
-            match client.connect_blocking() {
+            match client.status() {
                 Ok(session) => {
                     what = format!("{what} ({})", session.server);
+                    row.version = Some(session.version.clone());
+                    row.pid = session.pid;
                     let catalog = session.catalog();
                     row.functions = catalog
                         .spec
@@ -236,6 +234,14 @@ impl Registry {
     pub fn start_mcp(&self) {
         for client in self.plugins.values().filter_map(Plugin::mcp) {
             client.start();
+        }
+    }
+
+    /// Starts every MCP server and waits until each is up or has failed (`plugins list`).
+    pub fn connect_mcp(&self) {
+        self.start_mcp();
+        for client in self.plugins.values().filter_map(Plugin::mcp) {
+            let _ = client.connect_blocking(); // a failure is the row's reason
         }
     }
 

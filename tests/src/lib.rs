@@ -13,6 +13,7 @@ use host::{LoaderOptions, Registry};
 
 pub mod daemon;
 pub mod load;
+pub mod mcp;
 pub mod mock_llm;
 pub mod nats;
 pub mod procs;

@@ -33,7 +33,9 @@ use serde::{Deserialize, Serialize};
 
 pub use child::serve as serve_child;
 pub use supervisor::{DEATH_WINDOW, MAX_DEATHS};
-pub(crate) use supervisor::{RemoteInstance, RemoteStream, Supervisor, runtime as background_runtime};
+pub(crate) use supervisor::{
+    RemoteInstance, RemoteStream, Supervisor, runtime as background_runtime,
+};
 
 /// Where a plugin's code runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]

@@ -16,8 +16,7 @@ const MAX_FUNCTION_NAME: usize = 64;
 /// Whether `s` can be a tool name: a short function-name-safe word.
 pub fn is_function_name(s: &str) -> bool {
     (1..=40).contains(&s.len())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
@@ -39,7 +38,13 @@ pub fn tool_name_from_id(id: &str) -> String {
 fn activity_name(mcp_name: &str) -> String {
     mcp_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -66,7 +71,9 @@ impl Catalog {
         if let Some(allow) = &settings.allow {
             for name in allow {
                 if !tools.iter().any(|t| t.name == name.as_str()) {
-                    left_out.push(format!("`{name}` is allowed but the server has no such tool"));
+                    left_out.push(format!(
+                        "`{name}` is allowed but the server has no such tool"
+                    ));
                 }
             }
         }
@@ -80,7 +87,10 @@ impl Catalog {
                 continue;
             }
             if activities.len() == settings.max_tools {
-                left_out.push(format!("`{name}`: over `max_tools` ({})", settings.max_tools));
+                left_out.push(format!(
+                    "`{name}`: over `max_tools` ({})",
+                    settings.max_tools
+                ));
                 continue;
             }
             let activity = activity_name(name);
@@ -97,7 +107,9 @@ impl Catalog {
             }
             let parameters = Value::Object((*tool.input_schema).clone());
             if let Err(e) = jsonschema::validator_for(&parameters) {
-                left_out.push(format!("`{name}`: its input schema is not valid JSON Schema ({e})"));
+                left_out.push(format!(
+                    "`{name}`: its input schema is not valid JSON Schema ({e})"
+                ));
                 continue;
             }
             let description = tool
@@ -248,9 +260,17 @@ mod tests {
         assert_eq!(names, ["get_time", "echo"]);
         assert_eq!(c.mcp_names["get_time"], "get.time");
         assert_eq!(c.left_out.len(), 3, "{:?}", c.left_out);
-        let c = Catalog::new(&settings(Some(vec!["echo", "nope"]), 64), "d".into(), &tools);
+        let c = Catalog::new(
+            &settings(Some(vec!["echo", "nope"]), 64),
+            "d".into(),
+            &tools,
+        );
         assert_eq!(c.spec.activities.len(), 1);
-        assert!(c.left_out[0].contains("`nope` is allowed"), "{:?}", c.left_out);
+        assert!(
+            c.left_out[0].contains("`nope` is allowed"),
+            "{:?}",
+            c.left_out
+        );
         let c = Catalog::new(&settings(None, 1), "d".into(), &tools);
         assert_eq!(c.spec.activities.len(), 1);
         assert!(c.left_out.iter().any(|l| l.contains("max_tools")));

@@ -59,6 +59,8 @@ pub struct Session {
     catalog: RwLock<Arc<Catalog>>,
     /// `name version` as the server reports itself.
     pub server: String,
+    /// Its version alone.
+    pub version: String,
     /// The stdio child's pid.
     pub pid: Option<u32>,
     tail: Arc<Mutex<VecDeque<String>>>,
@@ -90,7 +92,9 @@ pub struct McpClient {
 
 impl std::fmt::Debug for McpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("McpClient").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("McpClient")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,6 +146,20 @@ impl McpClient {
         }
     }
 
+    /// The live session, or why there is none, without waiting.
+    ///
+    /// # Errors
+    /// Why the server is not up.
+    pub fn status(&self) -> Result<Arc<Session>, String> {
+        match &*lock(&self.state) {
+            State::Up(s) => Ok(Arc::clone(s)),
+            State::Idle => Err("not started (it starts when its tool is first used)".into()),
+            State::Starting => Err("starting".into()),
+            State::Down(why) => Err(why.clone()),
+            State::Stopped => Err("shut down".into()),
+        }
+    }
+
     /// Starts the supervisor (once); returns at once.
     pub fn start(self: &Arc<Self>) {
         if self.started.swap(true, Ordering::SeqCst) {
@@ -184,13 +202,18 @@ impl McpClient {
     }
 
     /// The session, waiting (asynchronously) for a start or restart until `deadline`.
-    async fn session_by(self: &Arc<Self>, deadline: tokio::time::Instant) -> Result<Arc<Session>, String> {
+    async fn session_by(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Session>, String> {
         self.start();
         loop {
             let notified = self.changed_async.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
             let last = match &*lock(&self.state) {
+                // A session whose server has just died, before the supervisor saw it: wait.
+                State::Up(s) if s.peer.is_transport_closed() => None,
                 State::Up(s) => return Ok(Arc::clone(s)),
                 State::Stopped => return Err("the MCP client was shut down".into()),
                 State::Down(why) => Some(why.clone()),
@@ -259,6 +282,8 @@ impl McpClient {
                         tools = session.catalog().spec.activities.len(), "MCP server up");
                     self.set(State::Up(Arc::clone(&session)));
                     let why = self.serve(service, &session, &refresh).await;
+                    // rmcp ends the server; what the server started may outlive it.
+                    end_group(session.pid).await;
                     if self.stop.is_cancelled() {
                         break;
                     }
@@ -318,7 +343,9 @@ impl McpClient {
                 tracing::info!(plugin = %self.id, tools = c.spec.activities.len(), "MCP tool list changed");
                 *session.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(c);
             }
-            Err(e) => tracing::warn!(plugin = %self.id, "cannot list the MCP server's tools again: {e}"),
+            Err(e) => {
+                tracing::warn!(plugin = %self.id, "cannot list the MCP server's tools again: {e}")
+            }
         }
     }
 
@@ -340,43 +367,54 @@ impl McpClient {
     async fn connect(
         &self,
         tail: &Arc<Mutex<VecDeque<String>>>,
-    ) -> Result<(RunningService<RoleClient, Handler>, Arc<Session>, Arc<Notify>), String> {
+    ) -> Result<
+        (
+            RunningService<RoleClient, Handler>,
+            Arc<Session>,
+            Arc<Notify>,
+        ),
+        String,
+    > {
         let refresh = Arc::new(Notify::new());
         let handler = Handler {
             refresh: Arc::clone(&refresh),
         };
-        let (service, pid) = match &self.settings.transport {
-            Transport::Stdio {
-                command,
-                args,
-                cwd,
-                env,
-            } => {
-                let (transport, stderr) = spawn_stdio(command, args, cwd, env)
-                    .map_err(|e| format!("cannot start the MCP server `{command}`: {e}"))?;
-                let pid = transport.id();
-                if let Some(stderr) = stderr {
-                    tokio::spawn(relay_stderr(self.id.clone(), stderr, Arc::clone(tail)));
+        let (service, pid) =
+            match &self.settings.transport {
+                Transport::Stdio {
+                    command,
+                    args,
+                    cwd,
+                    env,
+                } => {
+                    let (transport, stderr) = spawn_stdio(command, args, cwd, env)
+                        .map_err(|e| format!("cannot start the MCP server `{command}`: {e}"))?;
+                    let pid = transport.id();
+                    if let Some(stderr) = stderr {
+                        tokio::spawn(relay_stderr(self.id.clone(), stderr, Arc::clone(tail)));
+                    }
+                    let service = handler.serve(transport).await.map_err(|e| {
+                        format!("the MCP server `{command}` failed to initialize: {e}")
+                    })?;
+                    (service, pid)
                 }
-                let service = handler
-                    .serve(transport)
-                    .await
-                    .map_err(|e| format!("the MCP server `{command}` failed to initialize: {e}"))?;
-                (service, pid)
-            }
-            Transport::Http { url, headers } => {
-                let transport = StreamableHttpClientTransport::from_config(http_config(url, headers)?);
-                let service = handler
-                    .serve(transport)
-                    .await
-                    .map_err(|e| format!("the MCP server at {url} failed to initialize: {e}"))?;
-                (service, None)
-            }
-        };
-        let server = service
+                Transport::Http { url, headers } => {
+                    let transport =
+                        StreamableHttpClientTransport::from_config(http_config(url, headers)?);
+                    let service = handler.serve(transport).await.map_err(|e| {
+                        format!("the MCP server at {url} failed to initialize: {e}")
+                    })?;
+                    (service, None)
+                }
+            };
+        let (name, version) = service
             .peer_info()
             .and_then(|i| i.server_info.clone())
-            .map_or_else(|| "(unnamed)".to_owned(), |s| format!("{} {}", s.name, s.version));
+            .map_or_else(
+                || ("(unnamed)".to_owned(), "-".to_owned()),
+                |s| (s.name, s.version),
+            );
+        let server = format!("{name} {version}");
         let tools = service
             .peer()
             .list_all_tools()
@@ -388,6 +426,7 @@ impl McpClient {
             peer: service.peer().clone(),
             catalog: RwLock::new(Arc::new(catalog)),
             server,
+            version,
             pid,
             tail: Arc::clone(tail),
         });
@@ -455,7 +494,11 @@ impl McpClient {
     ///
     /// # Errors
     /// As [`McpClient::call`].
-    pub fn call_blocking(self: &Arc<Self>, op: &'static str, body: &str) -> Result<String, CallError> {
+    pub fn call_blocking(
+        self: &Arc<Self>,
+        op: &'static str,
+        body: &str,
+    ) -> Result<String, CallError> {
         let rt = crate::isolation::background_runtime()
             .map_err(|e| CallError::host(&self.id, op, ErrorKind::Internal, e))?;
         rt.block_on(self.call(op, body))
@@ -494,9 +537,16 @@ fn spawn_stdio(
     args: &[String],
     cwd: &std::path::Path,
     env: &std::collections::BTreeMap<String, String>,
-) -> std::io::Result<(rmcp::transport::TokioChildProcess, Option<tokio::process::ChildStderr>)> {
+) -> std::io::Result<(
+    rmcp::transport::TokioChildProcess,
+    Option<tokio::process::ChildStderr>,
+)> {
     let mut cmd = tokio::process::Command::new(command);
-    cmd.args(args).current_dir(cwd).env_clear().envs(env).kill_on_drop(true);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env)
+        .kill_on_drop(true);
     // SAFETY: prctl is async-signal-safe and touches only the child.
     unsafe {
         cmd.pre_exec(|| {
@@ -527,6 +577,31 @@ fn http_config(
         custom.insert(name, value);
     }
     Ok(StreamableHttpClientTransportConfig::with_uri(url.to_owned()).custom_headers(custom))
+}
+
+/// Ends what is left of a stdio server's process group (children it started that outlived
+/// it): SIGTERM, then SIGKILL after a grace.
+async fn end_group(pid: Option<u32>) {
+    let Some(pgid) = pid.and_then(|p| i32::try_from(p).ok()) else {
+        return;
+    };
+    if !signal_group(pgid, libc::SIGTERM) {
+        return; // nothing is left
+    }
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !signal_group(pgid, 0) {
+            return;
+        }
+    }
+    signal_group(pgid, libc::SIGKILL);
+}
+
+/// Whether `sig` reached any process of group `pgid` (0: whether any is left).
+#[allow(unsafe_code)] // killpg has no safe wrapper in std.
+fn signal_group(pgid: i32, sig: i32) -> bool {
+    // SAFETY: killpg only sends a signal; the group is the one grip made for the server.
+    unsafe { libc::killpg(pgid, sig) == 0 }
 }
 
 /// The server's stderr, line by line, into grip's log under the plugin id; the last lines are

@@ -173,7 +173,10 @@ impl RawMcp {
                     }
                 }
                 for (k, v) in &self.env {
-                    env.insert(k.clone(), expand(v, host_env).map_err(|e| format!("field `mcp.env.{k}`: {e}"))?);
+                    env.insert(
+                        k.clone(),
+                        expand(v, host_env).map_err(|e| format!("field `mcp.env.{k}`: {e}"))?,
+                    );
                 }
                 Transport::Stdio {
                     command,
@@ -196,12 +199,17 @@ impl RawMcp {
                 }
                 let mut headers = BTreeMap::new();
                 for (k, v) in &self.headers {
-                    headers.insert(k.clone(), expand(v, host_env).map_err(|e| format!("field `mcp.headers.{k}`: {e}"))?);
+                    headers.insert(
+                        k.clone(),
+                        expand(v, host_env).map_err(|e| format!("field `mcp.headers.{k}`: {e}"))?,
+                    );
                 }
                 Transport::Http { url, headers }
             }
             (Some(_), Some(_)) => {
-                return Err("field `mcp`: give either `command` (stdio) or `url` (HTTP), not both".into());
+                return Err(
+                    "field `mcp`: give either `command` (stdio) or `url` (HTTP), not both".into(),
+                );
             }
             (None, None) => {
                 return Err(
@@ -217,7 +225,9 @@ impl RawMcp {
             if v.is_finite() && v > 0.0 {
                 Ok(Duration::from_secs_f64(v))
             } else {
-                Err(format!("field `mcp.{field}`: must be a positive number of seconds"))
+                Err(format!(
+                    "field `mcp.{field}`: must be a positive number of seconds"
+                ))
             }
         };
         let tool_name = match self.tool_name {
@@ -282,9 +292,13 @@ mod tests {
 
     #[test]
     fn a_stdio_server_gets_only_the_base_environment_and_what_it_is_given() {
-        let s = parse("command = \"srv\"\nargs = [\"-v\"]\nenv = { KEY = \"${TOKEN}x\" }\n").unwrap();
+        let s =
+            parse("command = \"srv\"\nargs = [\"-v\"]\nenv = { KEY = \"${TOKEN}x\" }\n").unwrap();
         assert_eq!(s.tool_name, "MyTime");
-        let Transport::Stdio { command, cwd, env, .. } = s.transport else {
+        let Transport::Stdio {
+            command, cwd, env, ..
+        } = s.transport
+        else {
             panic!("stdio")
         };
         assert_eq!((command.as_str(), cwd.as_path()), ("srv", Path::new("/m")));
@@ -304,8 +318,14 @@ mod tests {
             ("", "give `command`"),
             ("command = \"a\"\nurl = \"http://x\"\n", "not both"),
             ("url = \"ftp://x\"\n", "field `mcp.url`"),
-            ("url = \"http://x\"\nheaders = { A = \"${NOPE}\" }\n", "`NOPE` is not set"),
-            ("command = \"a\"\ncall_timeout_secs = 0\n", "mcp.call_timeout_secs"),
+            (
+                "url = \"http://x\"\nheaders = { A = \"${NOPE}\" }\n",
+                "`NOPE` is not set",
+            ),
+            (
+                "command = \"a\"\ncall_timeout_secs = 0\n",
+                "mcp.call_timeout_secs",
+            ),
             ("command = \"a\"\nmax_tools = 0\n", "mcp.max_tools"),
             ("command = \"a\"\ntool_name = \"a b\"\n", "mcp.tool_name"),
             ("command = \"a\"\ncolour = 1\n", "unknown field `colour`"),

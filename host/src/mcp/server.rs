@@ -104,11 +104,12 @@ impl ToolServer {
             config,
         );
         let token = token.map(Arc::new);
-        let app = axum::Router::new()
-            .nest_service("/mcp", service)
-            .layer(axum::middleware::from_fn(move |req, next| {
-                bearer(token.clone(), req, next)
-            }));
+        let app =
+            axum::Router::new()
+                .nest_service("/mcp", service)
+                .layer(axum::middleware::from_fn(move |req, next| {
+                    bearer(token.clone(), req, next)
+                }));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
@@ -130,7 +131,10 @@ async fn bearer(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if given.map(str::as_bytes) != Some(token.as_bytes()) {
-            return (axum::http::StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+            return (
+                axum::http::StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token",
+            )
                 .into_response();
         }
     }
@@ -160,9 +164,10 @@ impl ServerHandler for ToolServer {
         let call = ToolCall {
             id: format!("mcp-{}", context.id),
             name: request.name.into_owned(),
-            arguments: request
-                .arguments
-                .map_or(serde_json::Value::Object(Default::default()), serde_json::Value::Object),
+            arguments: request.arguments.map_or(
+                serde_json::Value::Object(Default::default()),
+                serde_json::Value::Object,
+            ),
         };
         let message = tokio::select! {
             m = self.tools.call_async(&call) => m,

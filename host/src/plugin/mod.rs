@@ -23,8 +23,8 @@ pub(crate) use raw::{Raw, RawStream};
 
 use crate::error::CallError;
 use crate::isolation::{Isolation, Supervisor};
-use crate::mcp::client::McpClient;
 use crate::manifest::{Kind, Manifest, Mode, capability};
+use crate::mcp::client::McpClient;
 
 /// What a plugin says about itself.
 #[derive(Debug, Clone, Serialize)]
