@@ -636,6 +636,31 @@ nested = { a = 1 }
     }
 
     #[test]
+    fn an_mcp_manifest_is_a_tool_without_a_library_s_tables() {
+        let m = parse("id = \"my-time\"\n[mcp]\ncommand = \"srv\"\n").unwrap();
+        assert_eq!(m.kinds, [Kind::Tool]);
+        let Source::Mcp(settings) = &m.source else {
+            panic!("an mcp source")
+        };
+        assert_eq!(settings.tool_name, "MyTime");
+        assert_eq!(settings.describe(), "stdio: srv");
+        for (top, tail, expected) in [
+            ("", "[library]\nname = \"x\"\n", "not both"),
+            ("", "[config]\na = 1\n", "`[config]`"),
+            ("", "[overrides]\nallow = []\n", "`[overrides]`"),
+            ("isolation = \"process\"\n", "", "`isolation`"),
+            ("kinds = [\"prompt_driver\"]\n", "", "is a `tool`"),
+            ("", "url = \"http://x\"\n", "not both"),
+        ] {
+            let src = format!("id = \"x\"\n{top}[mcp]\ncommand = \"a\"\n{tail}");
+            let e = parse(&src).unwrap_err();
+            assert!(e.message.contains(expected), "{src}: {e}");
+        }
+        let e = parse("id = \"x\"\n").unwrap_err();
+        assert!(e.message.contains("missing `[library]`"), "{e}");
+    }
+
+    #[test]
     fn bad_ids_are_refused() {
         let e = parse(&GOOD.replace("id = \"scripted\"", "id = \"Has Spaces\"")).unwrap_err();
         assert!(e.message.contains("not a valid plugin id"), "{e}");

@@ -46,7 +46,7 @@ pub struct PluginRow {
     pub manifest: PathBuf,
     /// Library path, when resolved.
     pub library: Option<PathBuf>,
-    /// `loaded` or `refused`.
+    /// `loaded` or `refused`; an MCP server not up: `idle`, `starting`, `down` or `stopped`.
     pub status: &'static str,
     /// Why it was refused.
     pub reason: Option<String>,
@@ -219,8 +219,8 @@ impl Registry {
                         .map(|a| format!("{}_{}", catalog.spec.name, a.name))
                         .collect();
                 }
-                Err(why) => {
-                    row.status = "down";
+                Err((status, why)) => {
+                    row.status = status;
                     row.reason = Some(why);
                 }
             }

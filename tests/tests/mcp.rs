@@ -95,7 +95,6 @@ async fn the_reference_time_server_is_a_tool_with_its_schemas_on_both_paths() {
         out.is_error && out.content.contains("Invalid timezone"),
         "{out:?}"
     );
-    // Arguments that fail the server's schema never reach it.
     let rows = r.rows();
     let row = rows.iter().find(|row| row.id == "time").unwrap();
     assert_eq!(row.version.as_deref(), Some("2026.10.19"));
@@ -472,6 +471,21 @@ async fn streamable_http_servers_are_tools_and_grip_serves_grip() {
         .unwrap()
         .status();
     assert_eq!(status, 401);
+    // With the token: a browser page (Origin) and a rebound name (Host) are refused too.
+    for (header, value) in [("origin", "http://evil.example"), ("host", "evil.example")] {
+        let status = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth("s3cret")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header(header, value)
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 403, "{header}: {value}");
+    }
     let clients = dir.path().join("clients");
     std::fs::create_dir(&clients).unwrap();
     http_manifest(

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::{self, Catalog};
 use super::{McpSettings, Transport};
 use crate::error::CallError;
+use crate::isolation::supervisor::lock;
 
 /// The first restart waits this long; each failed one doubles it, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -98,10 +99,6 @@ impl std::fmt::Debug for McpClient {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn tail_text(tail: &Mutex<VecDeque<String>>) -> String {
     let lines = lock(tail);
     if lines.is_empty() {
@@ -146,17 +143,18 @@ impl McpClient {
         }
     }
 
-    /// The live session, or why there is none, without waiting.
+    /// The live session, or where the server is (`idle`, `starting`, `down`, `stopped`) and
+    /// why, without waiting.
     ///
     /// # Errors
-    /// Why the server is not up.
-    pub fn status(&self) -> Result<Arc<Session>, String> {
+    /// Where it is and why, when it is not up.
+    pub fn status(&self) -> Result<Arc<Session>, (&'static str, String)> {
         match &*lock(&self.state) {
             State::Up(s) => Ok(Arc::clone(s)),
-            State::Idle => Err("not started (it starts when its tool is first used)".into()),
-            State::Starting => Err("starting".into()),
-            State::Down(why) => Err(why.clone()),
-            State::Stopped => Err("shut down".into()),
+            State::Idle => Err(("idle", "it starts when its tool is first used".into())),
+            State::Starting => Err(("starting", "the server is starting".into())),
+            State::Down(why) => Err(("down", why.clone())),
+            State::Stopped => Err(("stopped", "shut down".into())),
         }
     }
 
