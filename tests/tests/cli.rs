@@ -70,7 +70,7 @@ fn plugins_list_shows_loaded_and_refused_with_reasons() {
         "{text}"
     );
     assert!(
-        text.contains("refused") && text.contains("missing field `library`"),
+        text.contains("refused") && text.contains("missing `[library]`"),
         "{text}"
     );
 
