@@ -113,8 +113,9 @@ pub(crate) fn parse_spec(body: &Bytes) -> Result<TaskSpec, Response> {
 }
 
 /// Builds `spec` into its task by the one path every front uses; on the blocking pool when a
-/// plugin is process-isolated: making its instances is a round trip to its child (a restart, at
-/// worst, bounded by the call deadline), which must not hold an async worker. In process it is
+/// plugin is process-isolated or an MCP server: making its instances is a round trip to its
+/// child (a restart, at worst, bounded by the call deadline), or a wait for a server that is
+/// starting (bounded by its `init_timeout_secs`), which must not hold an async worker. In process it is
 /// a few FFI calls, made in place. Errors are the front's to render.
 pub(crate) async fn build(state: &Arc<AppState>, spec: TaskSpec) -> Result<BuiltTask, SpecError> {
     if !state.any_isolated {
