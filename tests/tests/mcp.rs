@@ -449,6 +449,34 @@ fn grip_mcp_serve_works_for_the_official_python_client_over_stdio_and_http() {
     check_python_report(&report, root.path());
 }
 
+#[test]
+fn grip_serves_an_mcp_servers_tools_again_and_passes_a_clients_cancellation_on() {
+    // The Python client -> `grip mcp serve --tool probe` -> grip's `[mcp]` client -> the probe.
+    let (dir, probe) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    probe_manifest(dir.path(), "probe", probe.path(), "");
+    let a = artifacts();
+    let report = python_client(json!({
+        "stdio": [a.grip().display().to_string(), "mcp", "serve", "--no-default-manifests",
+                  "--manifests", dir.path().display().to_string(), "--tool", "probe"],
+        "env": {"PATH": std::env::var("PATH").unwrap()},
+        "calls": [["Probe_add", {"a": 1, "b": 2}]],
+        "abandon": ["Probe_sleep", {"seconds": 30}, 2],
+    }));
+    let result = &report["results"][0];
+    assert_eq!(result["content"][0]["text"], "3", "{report}");
+    assert_eq!(
+        result["structuredContent"],
+        json!({"result": 3}),
+        "{report}"
+    );
+    assert_eq!(report["abandoned"], true);
+    let cancelled = wait_for_file(&probe.path().join("cancelled"), 10);
+    assert!(
+        cancelled.is_some_and(|c| c.starts_with("30")),
+        "the cancellation did not reach the server behind grip"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamable_http_servers_are_tools_and_grip_serves_grip() {
     let (dir, root, probe) = (
