@@ -339,10 +339,19 @@ async fn a_server_that_cannot_start_says_why_and_bad_manifests_are_refused() {
 
 /// `grip mcp serve --http` on a port of its own: its `/mcp` URL, and the process.
 fn grip_mcp_http(manifests: &Path, tools: &[&str], token: Option<&str>) -> (String, Proc) {
+    grip_mcp_http_at("127.0.0.1:0", manifests, tools, token)
+}
+
+fn grip_mcp_http_at(
+    addr: &str,
+    manifests: &Path,
+    tools: &[&str],
+    token: Option<&str>,
+) -> (String, Proc) {
     let mut cmd = artifacts().grip_command();
     cmd.args(["mcp", "serve", "--no-default-manifests", "--manifests"])
         .arg(manifests)
-        .args(["--http", "127.0.0.1:0"]);
+        .args(["--http", addr]);
     for t in tools {
         cmd.args(["--tool", t]);
     }
@@ -562,6 +571,51 @@ async fn streamable_http_servers_are_tools_and_grip_serves_grip() {
     let py = tool(&r, "py-http");
     let out = call(&py, "add", json!({"a": 5, "b": 6})).await.unwrap();
     assert_eq!(out.content, "11");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_server_that_goes_away_and_comes_back_is_reconnected() {
+    let (dir, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let served = dir.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    served_tools(&served, root.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (url, server) = grip_mcp_http_at(&addr, &served, &["calculator"], None);
+    let clients = dir.path().join("clients");
+    std::fs::create_dir(&clients).unwrap();
+    http_manifest(&clients, "remote", &url, "call_timeout_secs = 3");
+    let r = registry(&clients);
+    let t = tool(&r, "remote");
+    let expr = json!({"expression": "6*7"});
+    assert_eq!(
+        call(&t, "Calculator_calculate", expr.clone())
+            .await
+            .unwrap()
+            .content,
+        "42"
+    );
+    drop(server);
+    let e = call(&t, "Calculator_calculate", expr.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Upstream, "{e}");
+    let (_url, _server) = grip_mcp_http_at(&addr, &served, &["calculator"], None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call(&t, "Calculator_calculate", expr.clone()).await {
+            Ok(out) => {
+                assert_eq!(out.content, "42");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "never reconnected: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn scripted_call(function: &str, arguments: Value, answer: &str) -> Value {
