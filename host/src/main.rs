@@ -822,7 +822,9 @@ fn serve(
             "grip: listening on http://{addr} (plugins: {})",
             loaded.join(", ")
         );
-        let served = daemon::serve(state, listener, daemon::shutdown_signal()).await?;
+        let served = daemon::serve(Arc::clone(&state), listener, daemon::shutdown_signal()).await?;
+        // Explicitly: a state still held by abandoned tasks is never dropped.
+        tokio::task::spawn_blocking(move || state.registry().shutdown()).await?;
         anyhow::Ok(served)
     })?;
     // A sync-path thread stopped at shutdown may still be inside a driver call: do not wait
@@ -897,6 +899,7 @@ fn worker(
         host::queue::worker::run(Arc::clone(&state), queue, name, daemon::shutdown_signal())
             .await?;
         state.flush_listeners().await;
+        tokio::task::spawn_blocking(move || state.registry().shutdown()).await?;
         anyhow::Ok(())
     })?;
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
@@ -911,9 +914,16 @@ fn mcp_serve(
     load: &LoadArgs,
 ) -> anyhow::Result<ExitCode> {
     let token = match token_env {
-        Some(var) => Some(std::env::var(var).with_context(|| {
-            format!("--auth-token-env {var}: the environment variable is not set")
-        })?),
+        Some(var) => {
+            let t = std::env::var(var).with_context(|| {
+                format!("--auth-token-env {var}: the environment variable is not set")
+            })?;
+            let t = t.trim().to_owned();
+            if t.is_empty() {
+                anyhow::bail!("--auth-token-env {var}: the token is empty");
+            }
+            Some(t)
+        }
         None => None,
     };
     if let Some(addr) = http

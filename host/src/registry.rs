@@ -247,8 +247,12 @@ impl Registry {
 
     /// Ends every MCP server (stdin closed, SIGTERM, SIGKILL to its process group).
     pub fn shutdown(&self) {
+        // All told first, then waited for: the servers end in parallel.
         for client in self.plugins.values().filter_map(Plugin::mcp) {
-            client.shutdown();
+            client.begin_shutdown();
+        }
+        for client in self.plugins.values().filter_map(Plugin::mcp) {
+            client.wait_stopped();
         }
     }
 }

@@ -25,19 +25,34 @@ fn send(out: &Out, message: &FromChild) {
     let _ = out.send(line(message));
 }
 
-/// Serves the library `library` of the manifest at `manifest` until the host closes stdin.
+/// This process's stdout, moved to a new descriptor for a protocol, with fd 1 pointed at stderr:
+/// whatever a plugin prints goes to the log instead of into the protocol. Call it before other
+/// threads start writing.
+///
+/// # Errors
+/// When the descriptors cannot be moved.
 #[allow(unsafe_code)] // fcntl/dup2: std has no safe way to move a standard descriptor.
-pub fn serve(manifest: &Path, library: &Path) -> ExitCode {
-    // SAFETY: dup/dup2 on this process's own standard descriptors, before any other thread.
-    let proto = unsafe {
+pub(crate) fn take_stdout() -> Result<std::fs::File, String> {
+    // SAFETY: dup/dup2 on this process's own standard descriptors.
+    unsafe {
         // Close-on-exec: a process the plugin starts must not hold the protocol pipe open (the
         // host watches it, and this process's exit, to learn that the plugin died).
         let fd = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
         if fd < 0 || libc::dup2(2, 1) < 0 {
-            eprintln!("plugin-host: cannot set up its protocol pipe");
+            return Err("cannot set up its protocol pipe".into());
+        }
+        Ok(std::fs::File::from_raw_fd(fd))
+    }
+}
+
+/// Serves the library `library` of the manifest at `manifest` until the host closes stdin.
+pub fn serve(manifest: &Path, library: &Path) -> ExitCode {
+    let proto = match take_stdout() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("plugin-host: {e}");
             return ExitCode::from(70);
         }
-        std::fs::File::from_raw_fd(fd)
     };
     let (out, rx) = std::sync::mpsc::channel::<String>();
     let writer = std::thread::spawn(move || write_lines(proto, &rx));

@@ -32,6 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use child::serve as serve_child;
+pub(crate) use child::take_stdout;
 pub use supervisor::{DEATH_WINDOW, MAX_DEATHS};
 pub(crate) use supervisor::{
     RemoteInstance, RemoteStream, Supervisor, runtime as background_runtime,

@@ -39,8 +39,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE: Duration = Duration::from_secs(60);
 /// How many of the server's last stderr lines an error quotes.
 const STDERR_TAIL: usize = 5;
-/// Shutting down: stdin closed, 3 s, SIGTERM, 3 s, SIGKILL (rmcp's sequence), with room.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+/// Shutting down: rmcp's sequence (its writer drained, stdin closed, 3 s, SIGTERM, 3 s,
+/// SIGKILL: up to ~8 s), then what is left of the process group (up to 2 s), with room.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
+/// How long an error waits for the last stderr lines of a server that just died to arrive.
+const STDERR_SETTLE: Duration = Duration::from_millis(100);
 
 /// Where the connection is.
 #[derive(Clone)]
@@ -89,6 +92,8 @@ pub struct McpClient {
     started: AtomicBool,
     stop: CancellationToken,
     restarts: AtomicU64,
+    /// A session was up once: a later outage is a restart to wait for, not a broken manifest.
+    ever_up: AtomicBool,
 }
 
 impl std::fmt::Debug for McpClient {
@@ -122,6 +127,7 @@ impl McpClient {
             started: AtomicBool::new(false),
             stop: CancellationToken::new(),
             restarts: AtomicU64::new(0),
+            ever_up: AtomicBool::new(false),
         })
     }
 
@@ -167,29 +173,42 @@ impl McpClient {
             Ok(rt) => {
                 rt.spawn(Arc::clone(self).supervise());
             }
-            Err(e) => self.set(State::Down(e)),
+            Err(e) => {
+                self.started.store(false, Ordering::SeqCst);
+                self.set(State::Down(e));
+            }
         }
     }
 
-    /// Starts it and waits, blocking, until the first connection is up or has failed (at
-    /// most the init timeout): for the sync callers that need the tool list now.
+    /// Starts it and waits, blocking, until a connection is up or the first one has failed (at
+    /// most the init timeout; a server that was up before is waited for through its restart):
+    /// for the sync callers that need the tool list now.
     ///
     /// # Errors
     /// Why the server is not up.
     pub fn connect_blocking(self: &Arc<Self>) -> Result<Arc<Session>, String> {
         self.start();
-        let deadline = Instant::now() + self.settings.init_timeout + Duration::from_secs(1);
+        let mut wait = self.settings.init_timeout + Duration::from_secs(1);
+        if self.ever_up.load(Ordering::SeqCst) {
+            wait += MAX_BACKOFF; // a restart: its back-off, then its start
+        }
+        let deadline = Instant::now() + wait;
         let mut state = lock(&self.state);
         loop {
             match &*state {
-                State::Up(s) => return Ok(Arc::clone(s)),
-                State::Down(why) => return Err(why.clone()),
+                State::Up(s) if !s.peer.is_transport_closed() => return Ok(Arc::clone(s)),
+                State::Down(why) if !self.ever_up.load(Ordering::SeqCst) => {
+                    return Err(why.clone());
+                }
                 State::Stopped => return Err("the MCP client was shut down".into()),
-                State::Idle | State::Starting => {}
+                State::Up(_) | State::Down(_) | State::Idle | State::Starting => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(self.not_initialized());
+                return Err(match &*state {
+                    State::Down(why) => format!("the MCP server is not up ({why})"),
+                    _ => self.not_initialized(),
+                });
             }
             state = self
                 .changed
@@ -242,7 +261,17 @@ impl McpClient {
     /// Ends the server (stdin closed, SIGTERM, SIGKILL to its process group) and waits for it,
     /// at most [`SHUTDOWN_WAIT`]. Later calls fail.
     pub fn shutdown(&self) {
+        self.begin_shutdown();
+        self.wait_stopped();
+    }
+
+    /// Tells the supervisor to end the server, without waiting (see [`McpClient::shutdown`]).
+    pub fn begin_shutdown(&self) {
         self.stop.cancel();
+    }
+
+    /// Waits, at most [`SHUTDOWN_WAIT`], for the server to be ended.
+    pub fn wait_stopped(&self) {
         if !self.started.load(Ordering::SeqCst) {
             self.set(State::Stopped);
             return;
@@ -278,8 +307,12 @@ impl McpClient {
                 Ok(Ok((service, session, refresh))) => {
                     tracing::info!(plugin = %self.id, server = %session.server,
                         tools = session.catalog().spec.activities.len(), "MCP server up");
+                    self.ever_up.store(true, Ordering::SeqCst);
                     self.set(State::Up(Arc::clone(&session)));
                     let why = self.serve(service, &session, &refresh).await;
+                    tokio::time::sleep(STDERR_SETTLE).await;
+                    let why = format!("the MCP server {why}{}", tail_text(&tail));
+                    self.set(State::Down(why.clone()));
                     // rmcp ends the server; what the server started may outlive it.
                     end_group(session.pid).await;
                     if self.stop.is_cancelled() {
@@ -289,7 +322,7 @@ impl McpClient {
                     if began.elapsed() > STABLE {
                         backoff = FIRST_BACKOFF;
                     }
-                    format!("the MCP server {why}{}", tail_text(&tail))
+                    why
                 }
                 Ok(Err(e)) => format!("{e}{}", tail_text(&tail)),
                 Err(_) => format!("{}{}", self.not_initialized(), tail_text(&tail)),
@@ -327,7 +360,17 @@ impl McpClient {
                     let _ = tokio::time::timeout(SHUTDOWN_WAIT, ended).await;
                     return "was shut down".into();
                 }
-                () = refresh.notified() => self.relist(session).await,
+                () = refresh.notified() => {
+                    // Bounded: a server that hangs on `tools/list` must not keep the supervisor
+                    // from seeing its death or a shutdown.
+                    let relist = tokio::time::timeout(self.settings.init_timeout, self.relist(session));
+                    tokio::select! {
+                        r = relist => if r.is_err() {
+                            tracing::warn!(plugin = %self.id, "the MCP server did not list its tools again in time");
+                        },
+                        () = self.stop.cancelled() => {}
+                    }
+                }
             }
         }
     }
@@ -478,12 +521,19 @@ impl McpClient {
                 ErrorKind::Upstream,
                 format!("the MCP server refused `{name}`: {}", e.message),
             )),
+            Ok(Err(e @ (ServiceError::TransportClosed | ServiceError::TransportSend(_)))) => {
+                tokio::time::sleep(STDERR_SETTLE).await;
+                Err(fail(
+                    ErrorKind::Upstream,
+                    format!(
+                        "the MCP server went away during `{name}` ({e}){}; it is being restarted",
+                        session.stderr_tail()
+                    ),
+                ))
+            }
             Ok(Err(e)) => Err(fail(
                 ErrorKind::Upstream,
-                format!(
-                    "the MCP server went away during `{name}` ({e}){}; it is being restarted",
-                    session.stderr_tail()
-                ),
+                format!("the MCP call `{name}` failed: {e}"),
             )),
         }
     }
@@ -499,7 +549,23 @@ impl McpClient {
     ) -> Result<String, CallError> {
         let rt = crate::isolation::background_runtime()
             .map_err(|e| CallError::host(&self.id, op, ErrorKind::Internal, e))?;
-        rt.block_on(self.call(op, body))
+        // Run on the background runtime and wait on a channel, not `block_on`: the caller may be
+        // a thread of some runtime (a test's, a `block_in_place`), where `block_on` panics.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (this, body) = (Arc::clone(self), body.to_owned());
+        let call = rt.spawn(async move {
+            let _ = tx.send(this.call(op, &body).await);
+        });
+        let out = futures::executor::block_on(rx);
+        call.abort();
+        out.unwrap_or_else(|_| {
+            Err(CallError::host(
+                &self.id,
+                op,
+                ErrorKind::Internal,
+                "the MCP call was dropped",
+            ))
+        })
     }
 }
 
@@ -583,6 +649,12 @@ async fn end_group(pid: Option<u32>) {
     let Some(pgid) = pid.and_then(|p| i32::try_from(p).ok()) else {
         return;
     };
+    // rmcp has reaped the leader. While any member is left the group id cannot be reused; a
+    // live process with the leader's pid means the pid went to someone else (who may lead a
+    // group of that id now): then leave it alone.
+    if std::path::Path::new(&format!("/proc/{pgid}")).exists() {
+        return;
+    }
     if !signal_group(pgid, libc::SIGTERM) {
         return; // nothing is left
     }
@@ -609,15 +681,20 @@ async fn relay_stderr(
     stderr: tokio::process::ChildStderr,
     tail: Arc<Mutex<VecDeque<String>>>,
 ) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    // Bytes, not `lines()`: a server that writes invalid UTF-8 must not end the relay (its
+    // next write would then fail on a closed pipe).
+    let mut reader = BufReader::new(stderr);
+    let mut buf = Vec::new();
+    while matches!(reader.read_until(b'\n', &mut buf).await, Ok(n) if n > 0) {
+        let text = String::from_utf8_lossy(&buf);
+        let line = text.trim_end_matches(['\n', '\r']);
         tracing::info!(target: "grip::mcp", plugin = %plugin, "{line}");
         let mut t = lock(&tail);
         if t.len() == STDERR_TAIL {
             t.pop_front();
         }
-        let mut line = line;
-        line.truncate(300);
-        t.push_back(line);
+        t.push_back(line.chars().take(300).collect());
+        drop(t);
+        buf.clear();
     }
 }

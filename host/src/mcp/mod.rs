@@ -199,10 +199,18 @@ impl RawMcp {
                 }
                 let mut headers = BTreeMap::new();
                 for (k, v) in &self.headers {
+                    axum::http::HeaderName::try_from(k.as_str()).map_err(|e| {
+                        format!("field `mcp.headers`: `{k}` is not a header name ({e})")
+                    })?;
                     headers.insert(
                         k.clone(),
                         expand(v, host_env).map_err(|e| format!("field `mcp.headers.{k}`: {e}"))?,
                     );
+                }
+                for (k, v) in &headers {
+                    axum::http::HeaderValue::try_from(v.as_str()).map_err(|e| {
+                        format!("field `mcp.headers.{k}`: not a header value ({e})")
+                    })?;
                 }
                 Transport::Http { url, headers }
             }

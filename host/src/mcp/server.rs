@@ -76,7 +76,11 @@ impl ToolServer {
     /// # Errors
     /// When the session cannot start.
     pub async fn serve_stdio(self) -> anyhow::Result<()> {
-        let running = self.serve(rmcp::transport::stdio()).await?;
+        // A plugin that prints to stdout must not corrupt the protocol: it speaks on a copy of
+        // stdout, and fd 1 now goes to stderr (as in a process-isolated plugin's child).
+        let protocol = crate::isolation::take_stdout().map_err(anyhow::Error::msg)?;
+        let out = tokio::fs::File::from_std(protocol);
+        let running = self.serve((tokio::io::stdin(), out)).await?;
         running.waiting().await?;
         Ok(())
     }
@@ -95,9 +99,8 @@ impl ToolServer {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let mut config = StreamableHttpServerConfig::default().enforce_origin_validation();
-        if !allowed_hosts.is_empty() {
-            config.allowed_hosts = allowed_hosts;
-        }
+        // Added to rmcp's loopback names, not instead of them.
+        config.allowed_hosts.extend(allowed_hosts);
         let service = StreamableHttpService::new(
             move || Ok(self.clone()),
             Arc::new(LocalSessionManager::default()),
@@ -130,7 +133,10 @@ async fn bearer(
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given.map(str::as_bytes) != Some(token.as_bytes()) {
+        let ok = given.is_some_and(|g| {
+            crate::daemon::guard::constant_time_eq(g.trim().as_bytes(), token.as_bytes())
+        });
+        if !ok {
             return (
                 axum::http::StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token",
