@@ -13,6 +13,7 @@
 //! - [`results`]: a task's record, as `GET /v1/tasks/{id}` reads it.
 //! - [`conversation`]: conversation memory across tasks.
 //! - [`models`]: model files fetched for plugins (a GGUF from a wheel on PyPI), cached.
+//! - [`telemetry`]: OpenTelemetry GenAI spans and metrics over OTLP, and `--trace`.
 //! - [`overrides`]: which config keys a daemon request may change (the allowlist).
 //! - [`error`]: the error types.
 //!
@@ -59,6 +60,8 @@ pub mod results;
 pub mod scaffold;
 pub mod spec;
 pub mod task;
+pub mod telemetry;
+mod tls;
 
 pub use error::{CallError, LoadError};
 pub use events::{EventBus, EventListener, ListenerGuard, PublishError};

@@ -292,6 +292,10 @@ struct RunArgs {
     /// No console trace: only the answer is printed.
     #[arg(long, short)]
     quiet: bool,
+    /// Print the run's OpenTelemetry span tree (task, prompt attempts, tool calls) to stderr
+    /// when it ends; OTLP export (`OTEL_EXPORTER_OTLP_ENDPOINT`) works with or without it.
+    #[arg(long)]
+    trace: bool,
     /// Submit the task to a NATS JetStream queue (`nats://host:4222`) for a `grip worker` to
     /// run, and follow its events from there; no plugin is loaded here.
     #[arg(long, env = "GRIP_NATS")]
@@ -318,36 +322,67 @@ enum RunPath {
     Async,
 }
 
-fn init_tracing(format: LogFormat) {
+/// The log on stderr (filtered by `GRIP_LOG`) and, when configured, the OpenTelemetry layer
+/// (its own filter: only the GenAI spans), returning what ends the latter.
+fn init_tracing(
+    format: LogFormat,
+    telemetry: &host::telemetry::TelemetryConfig,
+    tree: bool,
+) -> anyhow::Result<host::telemetry::Telemetry> {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRIP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Colour codes only for a terminal: a log file or pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = match format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+    };
+    let (otel, handle) = host::telemetry::layer(telemetry, tree)?;
+    tracing_subscriber::registry().with(fmt).with(otel).init();
+    Ok(handle)
+}
+
+/// The `[telemetry]` of the config file a daemon or worker is started with.
+fn telemetry_config(command: &Command) -> anyhow::Result<host::telemetry::TelemetryConfig> {
+    Ok(match command {
+        Command::Serve { config, .. } | Command::Worker { config, .. } => {
+            load_config(config.as_deref())?.telemetry
+        }
+        _ => host::telemetry::TelemetryConfig::default(),
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A plugin's child logs JSON lines, which its host re-emits under the plugin's id.
-    let format = match cli.command {
-        Command::PluginHost { .. } => LogFormat::Json,
-        _ => cli.log_format,
+    let started = (|| {
+        // A plugin's child logs JSON lines, which its host re-emits under the plugin's id;
+        // its spans are the host's to make.
+        if let Command::PluginHost { .. } = cli.command {
+            return init_tracing(LogFormat::Json, &Default::default(), false);
+        }
+        let tree = matches!(&cli.command, Command::Run(a) if a.trace);
+        init_tracing(cli.log_format, &telemetry_config(&cli.command)?, tree)
+    })();
+    let telemetry = match started {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
     };
-    init_tracing(format);
-    match run(cli.command) {
+    let code = match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {

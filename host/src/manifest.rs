@@ -74,6 +74,9 @@ pub struct Manifest {
     pub id: String,
     /// Optional description.
     pub description: Option<String>,
+    /// For a prompt driver: the `gen_ai.provider.name` of its spans (`openai`, `anthropic`,
+    /// ...; default: the plugin id).
+    pub provider: Option<String>,
     /// Optional version the library must report.
     pub version: Option<String>,
     /// Declared kinds (`kinds`, or the keys of `[capabilities]`); empty when neither is given.
@@ -125,6 +128,8 @@ struct RawManifest {
     id: Spanned<String>,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    provider: Option<String>,
     #[serde(default)]
     version: Option<Spanned<String>>,
     #[serde(default)]
@@ -279,6 +284,7 @@ impl Manifest {
             path: path.to_owned(),
             id,
             description: raw.description,
+            provider: raw.provider.filter(|p| !p.trim().is_empty()),
             version,
             kinds,
             source,

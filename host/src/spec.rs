@@ -89,6 +89,11 @@ pub struct TaskSpec {
     /// `GET /v1/tasks/{id}`. Default `true`: answer when the task has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<bool>,
+    /// The caller's W3C trace context, continued by the task's spans: a front sets it from
+    /// the request's `traceparent` header (one that is not well formed is ignored); it travels
+    /// with a queued task to its worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// The conversation's earlier turns, loaded by the front from its store (never from the
     /// request), put before `messages`.
     #[serde(skip)]
@@ -284,7 +289,9 @@ impl TaskSpec {
         let mut task = PromptTask::new(driver, self.input.clone())
             .stream(self.stream)
             .history(history)
-            .client_functions(self.client_tools.clone());
+            .client_functions(self.client_tools.clone())
+            .traceparent(self.traceparent.clone())
+            .conversation_id(self.conversation_id.clone());
         if let Some(id) = &self.id {
             task = task.with_id(id.clone());
         }
@@ -327,6 +334,14 @@ impl TaskSpec {
                     "must be 1 to 64 characters, each a letter, a digit, `_` or `-`",
                 ));
             }
+        }
+        if let Some(t) = &self.traceparent
+            && !crate::telemetry::is_valid_traceparent(t)
+        {
+            return Err(invalid(
+                "traceparent",
+                "must be a W3C traceparent: 00-<32 hex>-<16 hex>-<2 hex>",
+            ));
         }
         if let Some(i) = self
             .messages

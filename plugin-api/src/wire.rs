@@ -151,6 +151,11 @@ pub struct PromptRequest {
     /// Id of the task making the request (for logs and correlation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// The W3C `traceparent` of the host's span for this prompt (since 1.5.0), when the host
+    /// exports traces: a driver that calls an upstream sends it as the `traceparent` header,
+    /// so the upstream's spans join the task's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl PromptRequest {
@@ -162,6 +167,7 @@ impl PromptRequest {
             tools: Vec::new(),
             output_schema: None,
             task_id: None,
+            traceparent: None,
         }
     }
 }
@@ -200,6 +206,14 @@ pub struct PromptResponse {
     /// it (drivers translate), or a vendor's own name when none fits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
+    /// The upstream's id of this response, when it gave one (since 1.5.0; the host's
+    /// `gen_ai.response.id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The model that answered, as the upstream named it (since 1.5.0;
+    /// `gen_ai.response.model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// The shared names of why generation stopped. Drivers translate their vendor's names into
@@ -227,6 +241,8 @@ impl PromptResponse {
             message: Message::assistant(text),
             usage,
             finish_reason: Some("stop".into()),
+            id: None,
+            model: None,
         }
     }
 }

@@ -180,3 +180,14 @@ pub async fn leave_after_first_chunk(d: &Daemon, body: &Value) {
         seen.push_str(&String::from_utf8_lossy(&chunk.expect("SSE chunk")));
     }
 }
+
+/// `grip serve --config cfg` in a child (no OTLP endpoint from this environment), and its
+/// base URL once it listens.
+pub fn spawn_serve(cfg: &std::path::Path) -> (std::process::Child, String) {
+    let mut cmd = crate::artifacts().grip_command();
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(cfg)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    crate::procs::spawn_line(cmd, "listening on ")
+}

@@ -16,6 +16,7 @@ pub mod load;
 pub mod mcp;
 pub mod mock_llm;
 pub mod nats;
+pub mod otlp;
 pub mod procs;
 pub mod remote;
 

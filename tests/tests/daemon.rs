@@ -450,29 +450,7 @@ fn sigterm_lets_the_in_flight_task_finish_then_exits_0() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(a.grip())
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("listening on http://") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "grip serve exited early"
-        );
-    }
-    let base = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let (mut child, base) = e2e::daemon::spawn_serve(&cfg);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = format!("{base}/v1/tasks");

@@ -89,6 +89,9 @@ pub struct DaemonConfig {
     /// Bounds of conversation memory.
     #[serde(default)]
     pub conversations: crate::conversation::ConversationConfig,
+    /// OpenTelemetry export (see [`crate::telemetry`]).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// `[agents.<name>]`: a driver with the operator's config, tools and rules, named as a model.

@@ -566,6 +566,7 @@ fn with_headers(mut r: Response, started: (&str, &str), ignored: &[String]) -> R
 
 pub(super) async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -587,7 +588,7 @@ pub(super) async fn chat_completions(
     let model = req.model.clone();
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let Prepared {
-        spec,
+        mut spec,
         ignored,
         stream,
         live,
@@ -595,6 +596,7 @@ pub(super) async fn chat_completions(
         Ok(p) => p,
         Err(r) => return r,
     };
+    super::tasks::continue_trace(&mut spec, &headers);
     let Ok(permit) = Arc::clone(&state.task_permits).try_acquire_owned() else {
         // As `/v1/tasks` answers, in the OpenAI shape.
         state.metrics.outcome("rejected");

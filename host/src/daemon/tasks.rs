@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use plugin_api::wire::{Event, EventKind};
@@ -270,12 +270,14 @@ pub(crate) fn overloaded(state: &AppState) -> Response {
 
 pub(super) async fn run_task(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let spec = match request_spec(&state, body) {
+    let mut spec = match request_spec(&state, body) {
         Ok(s) => s,
         Err(r) => return r,
     };
+    continue_trace(&mut spec, &headers);
     if let Some(front) = &state.queue {
         return super::queued::submit(&state, front, spec).await;
     }
@@ -285,6 +287,18 @@ pub(super) async fn run_task(
         return overloaded(&state);
     };
     run_here(&state, spec, permit).await
+}
+
+/// The request's `traceparent` header, when well formed, is the trace the task continues (a
+/// malformed one is ignored, as W3C trace context has it).
+pub(crate) fn continue_trace(spec: &mut TaskSpec, headers: &HeaderMap) {
+    if let Some(tp) = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| crate::telemetry::is_valid_traceparent(t))
+    {
+        spec.traceparent = Some(tp.to_owned());
+    }
 }
 
 /// The request's body as a spec, or the response refusing it.

@@ -35,7 +35,7 @@ pub use child::serve as serve_child;
 pub(crate) use child::take_stdout;
 pub use supervisor::{DEATH_WINDOW, MAX_DEATHS};
 pub(crate) use supervisor::{
-    RemoteInstance, RemoteStream, Supervisor, runtime as background_runtime,
+    RemoteInstance, RemoteStream, Supervisor, lock, runtime as background_runtime,
 };
 
 /// Where a plugin's code runs.

@@ -630,8 +630,7 @@ fn http_config(
     url: &str,
     headers: &std::collections::BTreeMap<String, String>,
 ) -> Result<StreamableHttpClientTransportConfig, String> {
-    // rmcp's reqwest takes the process's rustls provider: grip's is ring, as for its own.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::tls::install_provider();
     let mut custom = std::collections::HashMap::new();
     for (k, v) in headers {
         let name = axum::http::HeaderName::try_from(k.as_str())

@@ -21,6 +21,8 @@ use crate::manifest::{Kind, Mode};
 pub struct Driver {
     pub(super) plugin: Plugin,
     pub(super) inner: Raw,
+    /// What its telemetry spans say of it (empty while telemetry is off).
+    pub(super) gen_ai: Arc<crate::telemetry::genai::DriverInfo>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -35,6 +37,11 @@ impl Driver {
     /// The plugin it came from.
     pub fn plugin(&self) -> &Plugin {
         &self.plugin
+    }
+
+    /// What its telemetry spans say of it: provider, model, sampling settings, server.
+    pub fn gen_ai(&self) -> &Arc<crate::telemetry::genai::DriverInfo> {
+        &self.gen_ai
     }
 
     /// Blocking prompt.

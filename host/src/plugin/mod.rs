@@ -299,11 +299,16 @@ impl Plugin {
     }
 
     fn config_json(&self, overrides: Option<&serde_json::Value>) -> String {
+        self.merged_config(overrides).to_string()
+    }
+
+    /// The manifest's config with `overrides` merged over it.
+    fn merged_config(&self, overrides: Option<&serde_json::Value>) -> serde_json::Value {
         let mut config = self.inner.manifest.config.clone();
         if let Some(o) = overrides {
             merge_config(&mut config, o);
         }
-        config.to_string()
+        config
     }
 
     fn require_kind(&self, kind: Kind, op: &'static str) -> Result<(), CallError> {
@@ -324,10 +329,15 @@ impl Plugin {
     /// # Errors
     /// When the plugin is not a driver or rejects the config.
     pub fn new_driver(&self, overrides: Option<&serde_json::Value>) -> Result<Driver, CallError> {
-        let (inner, _) = self.instance(Kind::PromptDriver, "new_driver", overrides)?;
+        self.require_kind(Kind::PromptDriver, "new_driver")?;
+        let config = self.merged_config(overrides);
+        let gen_ai = Arc::new(crate::telemetry::genai::DriverInfo::new(self, &config));
+        let (inner, _) =
+            self.instance_with(Kind::PromptDriver, "new_driver", config.to_string())?;
         Ok(Driver {
             plugin: self.clone(),
             inner,
+            gen_ai,
         })
     }
 

@@ -11,8 +11,11 @@ use super::{
     ActionsSubtask, Next, PromptTask, RunContext, TaskError, TaskOutput, ValidationResult,
     all_failed, finish_actions, finish_prompt, start_actions, start_prompt,
 };
+use tracing::Instrument;
+
 use crate::bridge::run_blocking;
 use crate::manifest::Mode;
+use crate::telemetry::genai;
 
 impl PromptTask {
     /// Runs the task on the async path: `async_before_run`, `async_try_run`, `async_after_run`.
@@ -21,10 +24,17 @@ impl PromptTask {
     /// A [`TaskError`]; the finish event carries it too.
     pub async fn async_run(&self) -> Result<TaskOutput, TaskError> {
         self.require(Mode::Async, "async_run()")?;
-        let ctx = self.new_context();
-        self.async_before_run(&ctx).await;
-        let result = self.async_try_run(&ctx).await;
-        self.async_after_run(&ctx, &result).await;
+        let span = self.task_span("async");
+        let result = async {
+            let ctx = self.new_context();
+            self.async_before_run(&ctx).await;
+            let result = self.async_try_run(&ctx).await;
+            self.async_after_run(&ctx, &result).await;
+            result
+        }
+        .instrument(span.clone())
+        .await;
+        genai::finish_task(&span, &result);
         result
     }
 
@@ -60,7 +70,7 @@ impl PromptTask {
         loop {
             ctx.check_stopped()?;
             next = match next {
-                Next::Prompt(req) => m.on_response(self.prompt_async(ctx, &req).await?),
+                Next::Prompt(req) => m.on_response(self.prompt_async(ctx, req).await?),
                 Next::Actions(sub) => {
                     self.apublish(ctx, start_actions(&sub)).await;
                     let results = match (&self.runners.async_actions, &self.runners.actions) {
@@ -108,9 +118,12 @@ impl PromptTask {
     async fn prompt_async(
         &self,
         ctx: &RunContext,
-        req: &PromptRequest,
+        mut req: PromptRequest,
     ) -> Result<PromptResponse, TaskError> {
-        self.apublish(ctx, start_prompt(&self.driver, req)).await;
+        self.apublish(ctx, start_prompt(&self.driver, &req)).await;
+        let mut chat = self.chat(&req, "async");
+        req.traceparent = chat.traceparent();
+        let req = &req;
         let result = if self.stream {
             match self.driver.stream(req) {
                 Err(e) => Err(e.into()),
@@ -121,6 +134,7 @@ impl PromptTask {
                         match delta {
                             Ok(d) => {
                                 if let Some(chunk) = agg.push(d) {
+                                    chat.on_event(&chunk);
                                     self.apublish(ctx, chunk).await;
                                 }
                             }
@@ -139,6 +153,7 @@ impl PromptTask {
         } else {
             self.driver.prompt_async(req).await.map_err(TaskError::from)
         };
+        chat.finish(&result);
         self.apublish(ctx, finish_prompt(&result)).await;
         result
     }

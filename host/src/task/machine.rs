@@ -223,6 +223,7 @@ impl Machine {
             tools: self.config.functions.clone(),
             output_schema: self.config.output_schema.clone(),
             task_id: Some(self.config.task_id.clone()),
+            traceparent: None,
         }
     }
 

@@ -156,6 +156,17 @@ pub struct PromptTask {
     runners: SubtaskRunners,
     /// The run in progress, for [`TaskStopper`].
     current: Arc<Mutex<Option<RunContext>>>,
+    /// Where its telemetry spans belong: the caller's trace and conversation.
+    trace: TraceContext,
+}
+
+/// What a task's spans are attached to (see [`crate::telemetry`]).
+#[derive(Debug, Clone, Default)]
+struct TraceContext {
+    /// The caller's W3C `traceparent`, continued by the task's span.
+    traceparent: Option<String>,
+    /// `gen_ai.conversation.id`.
+    conversation_id: Option<String>,
 }
 
 impl std::fmt::Debug for PromptTask {
@@ -199,7 +210,44 @@ impl PromptTask {
             stream: false,
             runners: SubtaskRunners::default(),
             current: Arc::default(),
+            trace: TraceContext::default(),
         }
+    }
+
+    /// Continues the caller's trace: the task's span is a child of this W3C `traceparent`
+    /// (one that is not well formed is ignored and a new trace starts).
+    pub fn traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.trace.traceparent = traceparent.filter(|t| crate::telemetry::is_valid_traceparent(t));
+        self
+    }
+
+    /// The conversation the task belongs to, for its spans (`gen_ai.conversation.id`).
+    pub fn conversation_id(mut self, id: Option<String>) -> Self {
+        self.trace.conversation_id = id;
+        self
+    }
+
+    /// The `chat` spans of one prompt on `path`.
+    fn chat(&self, req: &PromptRequest, path: &'static str) -> crate::telemetry::genai::Chat {
+        crate::telemetry::genai::Chat::start(
+            self.driver.gen_ai(),
+            self.driver.plugin().id(),
+            req,
+            path,
+            self.stream,
+        )
+    }
+
+    /// The `invoke_agent` span of a run on `path` (disabled while telemetry is off).
+    fn task_span(&self, path: &'static str) -> tracing::Span {
+        crate::telemetry::genai::task_span(&crate::telemetry::genai::TaskInfo {
+            task_id: &self.id,
+            driver_id: self.driver.plugin().id(),
+            driver: self.driver.gen_ai(),
+            conversation: self.trace.conversation_id.as_deref(),
+            traceparent: self.trace.traceparent.as_deref(),
+            path,
+        })
     }
 
     /// Sets the task id (default: a fresh one).

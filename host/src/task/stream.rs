@@ -99,6 +99,8 @@ impl StreamAggregator {
             message,
             usage: self.usage,
             finish_reason: self.finish,
+            id: None,
+            model: None,
         })
     }
 }

@@ -10,6 +10,7 @@ use super::{
     all_failed, finish_actions, finish_prompt, machine, start_actions, start_prompt,
 };
 use crate::manifest::Mode;
+use crate::telemetry::genai;
 
 impl PromptTask {
     /// Runs the task on the sync path: `before_run`, `try_run`, `after_run`.
@@ -18,11 +19,16 @@ impl PromptTask {
     /// A [`TaskError`]; the finish event carries it too.
     pub fn run(&self) -> Result<TaskOutput, TaskError> {
         self.require(Mode::Sync, "run()")?;
-        let ctx = self.new_context();
-        ctx.bus.check_sync()?;
-        self.before_run(&ctx)?;
-        let result = self.try_run(&ctx);
-        self.after_run(&ctx, &result)?;
+        let span = self.task_span("sync");
+        let result = span.in_scope(|| {
+            let ctx = self.new_context();
+            ctx.bus.check_sync()?;
+            self.before_run(&ctx)?;
+            let result = self.try_run(&ctx);
+            self.after_run(&ctx, &result)?;
+            result
+        });
+        genai::finish_task(&span, &result);
         result
     }
 
@@ -70,7 +76,7 @@ impl PromptTask {
         loop {
             ctx.check_stopped()?;
             next = match next {
-                Next::Prompt(req) => m.on_response(self.prompt_sync(ctx, &req)?),
+                Next::Prompt(req) => m.on_response(self.prompt_sync(ctx, req)?),
                 Next::Actions(sub) => {
                     self.publish(ctx, start_actions(&sub))?;
                     let results = match &self.runners.actions {
@@ -100,9 +106,12 @@ impl PromptTask {
     fn prompt_sync(
         &self,
         ctx: &RunContext,
-        req: &PromptRequest,
+        mut req: PromptRequest,
     ) -> Result<PromptResponse, TaskError> {
-        self.publish(ctx, start_prompt(&self.driver, req))?;
+        self.publish(ctx, start_prompt(&self.driver, &req))?;
+        let mut chat = self.chat(&req, "sync");
+        req.traceparent = chat.traceparent();
+        let req = &req;
         let result = if self.stream {
             self.driver
                 .stream(req)
@@ -112,6 +121,7 @@ impl PromptTask {
                     for delta in s.blocking_iter() {
                         ctx.check_stopped()?;
                         if let Some(chunk) = agg.push(delta?) {
+                            chat.on_event(&chunk);
                             self.publish(ctx, chunk)?;
                         }
                     }
@@ -120,6 +130,7 @@ impl PromptTask {
         } else {
             self.driver.prompt(req).map_err(TaskError::from)
         };
+        chat.finish(&result);
         self.publish(ctx, finish_prompt(&result))?;
         result
     }

@@ -10,10 +10,13 @@ use plugin_api::wire::{FunctionSpec, Message, ToolCall, ToolInvocation, ToolOutp
 use serde_json::Value;
 
 use super::{ActionsSubtask, TaskError};
+use tracing::Instrument;
+
 use crate::bridge::{on_async_path, on_sync_path};
 use crate::error::CallError;
 use crate::manifest::{Kind, Mode};
 use crate::plugin::ToolHandle;
+use crate::telemetry::genai;
 
 /// One function on offer: which tool, which activity, the schema its arguments must satisfy.
 struct Function {
@@ -79,18 +82,45 @@ impl ToolSet {
         subtask
             .calls
             .iter()
-            .map(|call| match check_call(&self.functions, call) {
-                Err(msg) => msg,
-                Ok((i, inv)) => {
-                    let tool = &self.tools[i];
-                    let sync = tool.plugin().can(Kind::Tool, Mode::Sync);
-                    tool_message(
-                        call,
-                        on_sync_path(sync, || tool.call(&inv), || tool.call_async(&inv)),
-                    )
-                }
+            .map(|call| {
+                let span = self.span(call);
+                let _in = span.enter();
+                let (msg, error) = match check_call(&self.functions, call) {
+                    Err(msg) => (msg, Some(self.refusal(call))),
+                    Ok((i, inv)) => {
+                        let tool = &self.tools[i];
+                        let sync = tool.plugin().can(Kind::Tool, Mode::Sync);
+                        tool_message(
+                            call,
+                            on_sync_path(sync, || tool.call(&inv), || tool.call_async(&inv)),
+                        )
+                    }
+                };
+                genai::finish_tool(&span, &msg, error);
+                msg
             })
             .collect()
+    }
+
+    /// The `error.type` of a call refused before any tool saw it.
+    fn refusal(&self, call: &ToolCall) -> &'static str {
+        if self.functions.contains_key(&call.name) {
+            "invalid_arguments"
+        } else {
+            "unknown_tool"
+        }
+    }
+
+    /// The `execute_tool` span of `call` (disabled while telemetry is off).
+    fn span(&self, call: &ToolCall) -> tracing::Span {
+        if !crate::telemetry::enabled() {
+            return tracing::Span::none();
+        }
+        let tool = self
+            .functions
+            .get(&call.name)
+            .map(|f| self.tools[f.tool].plugin());
+        genai::tool_span(call, tool)
     }
 
     /// Runs the calls concurrently (the async path); results in call order.
@@ -101,17 +131,21 @@ impl ToolSet {
     /// Runs one call on the async path (a task's, or an MCP client's through `grip mcp
     /// serve`): checked, then run in the tool's mode. Dropping the future cancels the call.
     pub(crate) async fn call_async(&self, call: &ToolCall) -> Message {
-        match check_call(&self.functions, call) {
-            Err(msg) => msg,
+        let span = self.span(call);
+        let (msg, error) = match check_call(&self.functions, call) {
+            Err(msg) => (msg, Some(self.refusal(call))),
             Ok((i, inv)) => {
                 let tool = self.tools[i].clone();
                 let has_async = tool.plugin().can(Kind::Tool, Mode::Async);
                 let (t, i) = (tool.clone(), inv.clone());
-                let out =
-                    on_async_path(has_async, || tool.call_async(&inv), move || t.call(&i)).await;
+                let out = on_async_path(has_async, || tool.call_async(&inv), move || t.call(&i))
+                    .instrument(span.clone())
+                    .await;
                 tool_message(call, out)
             }
-        }
+        };
+        genai::finish_tool(&span, &msg, error);
+        msg
     }
 }
 
@@ -171,10 +205,20 @@ fn check_call(
     ))
 }
 
-fn tool_message(call: &ToolCall, out: Result<ToolOutput, CallError>) -> Message {
+/// The message for the model, and the span's `error.type` when the call failed.
+fn tool_message(
+    call: &ToolCall,
+    out: Result<ToolOutput, CallError>,
+) -> (Message, Option<&'static str>) {
     match out {
-        Ok(o) => Message::from_tool_output(call.id.clone(), o),
-        Err(e) => error_result(call, e.to_string()),
+        Ok(o) => {
+            let error = o.is_error.then_some("tool_error");
+            (Message::from_tool_output(call.id.clone(), o), error)
+        }
+        Err(e) => (
+            error_result(call, e.to_string()),
+            Some(genai::call_error_type(&e)),
+        ),
     }
 }
 

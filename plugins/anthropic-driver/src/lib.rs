@@ -133,11 +133,9 @@ pub struct AnthropicDriver {
 }
 
 impl AnthropicDriver {
-    /// One request: the body with the key and the vendor's headers.
-    fn build(&self, body: &serde_json::Value) -> RequestBuilder {
-        let mut rb = self
-            .endpoint
-            .post(body)
+    /// One request: the body with the key, the vendor's headers and the host's trace context.
+    fn build(&self, body: &serde_json::Value, traceparent: Option<&str>) -> RequestBuilder {
+        let mut rb = driver_http::with_traceparent(self.endpoint.post(body), traceparent)
             .header("anthropic-version", &self.config.api_version);
         if !self.config.beta.is_empty() {
             rb = rb.header("anthropic-beta", self.config.beta.join(","));
@@ -182,7 +180,10 @@ impl PromptDriver for AnthropicDriver {
         let plan = wire::Plan::new(&self.config, &request, false);
         let resp = self
             .endpoint
-            .send(|| self.build(&plan.body), &AnthropicClassify)
+            .send(
+                || self.build(&plan.body, request.traceparent.as_deref()),
+                &AnthropicClassify,
+            )
             .await?;
         let parsed: wire::MessagesResponse =
             driver_http::read_json(resp, &self.endpoint.url).await?;
@@ -193,9 +194,12 @@ impl PromptDriver for AnthropicDriver {
         let plan = wire::Plan::new(&self.config, &request, true);
         let decoder = plan.decoder();
         let r = self.clone();
-        Ok(self
-            .endpoint
-            .stream(move || r.build(&plan.body), AnthropicClassify, decoder))
+        let traceparent = request.traceparent;
+        Ok(self.endpoint.stream(
+            move || r.build(&plan.body, traceparent.as_deref()),
+            AnthropicClassify,
+            decoder,
+        ))
     }
 }
 

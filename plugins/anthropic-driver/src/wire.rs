@@ -248,6 +248,8 @@ impl Plan {
             message,
             usage: resp.usage.map(|u| u.totals()).unwrap_or_default(),
             finish_reason: reason,
+            id: driver_http::nonempty_str(resp.id),
+            model: driver_http::nonempty_str(resp.model),
         })
     }
 
@@ -280,6 +282,11 @@ pub struct MessagesResponse {
     stop_reason: Option<String>,
     #[serde(default)]
     usage: Option<AnUsage>,
+    /// Only for telemetry: whatever type a server sends here must not fail the answer.
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    model: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -228,6 +228,24 @@ fn build_client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
         .map_err(|e| PluginError::config(format!("cannot build the HTTP client: {e}")))
 }
 
+/// A response's informational string (its id, the model that answered), whatever the server
+/// sent: a non-string or empty value is none.
+pub fn nonempty_str(v: Option<serde_json::Value>) -> Option<String> {
+    match v {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    }
+}
+
+/// The W3C `traceparent` of the host's prompt span on `rb`, when the host sent one, so the
+/// upstream's own spans join the task's trace.
+pub fn with_traceparent(rb: RequestBuilder, traceparent: Option<&str>) -> RequestBuilder {
+    match traceparent {
+        Some(tp) => rb.header("traceparent", tp),
+        None => rb,
+    }
+}
+
 /// For `#[serde(default, deserialize_with = "driver_http::null_as_default")]`: a field that a
 /// server sends as an explicit `null` (many OpenAI-compatible servers do, for every absent
 /// field) reads as its default, like a missing one.

@@ -379,6 +379,8 @@ fn response(g: Generated) -> PromptResponse {
         message: Message::assistant(g.text),
         usage: g.usage,
         finish_reason: Some(g.finish.into()),
+        id: None,
+        model: None,
     }
 }
 

@@ -87,9 +87,9 @@ pub struct OpenAiDriver {
 }
 
 impl OpenAiDriver {
-    /// One request: the body with the key and the vendor's headers.
-    fn build(&self, body: &serde_json::Value) -> RequestBuilder {
-        let mut rb = self.endpoint.post(body);
+    /// One request: the body with the key, the vendor's headers and the host's trace context.
+    fn build(&self, body: &serde_json::Value, traceparent: Option<&str>) -> RequestBuilder {
+        let mut rb = driver_http::with_traceparent(self.endpoint.post(body), traceparent);
         if let Some(key) = self.endpoint.api_key() {
             rb = rb.bearer_auth(key);
         }
@@ -131,7 +131,10 @@ impl PromptDriver for OpenAiDriver {
         let body = wire::request_body(&self.config, &request, false);
         let resp = self
             .endpoint
-            .send(|| self.build(&body), &DefaultClassify)
+            .send(
+                || self.build(&body, request.traceparent.as_deref()),
+                &DefaultClassify,
+            )
             .await?;
         let parsed: wire::ChatResponse = driver_http::read_json(resp, &self.endpoint.url).await?;
         wire::into_response(parsed, &self.endpoint.url)
@@ -140,8 +143,9 @@ impl PromptDriver for OpenAiDriver {
     fn stream(&self, request: PromptRequest) -> Result<DeltaStream, PluginError> {
         let body = wire::request_body(&self.config, &request, true);
         let r = self.clone();
+        let traceparent = request.traceparent;
         Ok(self.endpoint.stream(
-            move || r.build(&body),
+            move || r.build(&body, traceparent.as_deref()),
             DefaultClassify,
             wire::StreamState::default(),
         ))

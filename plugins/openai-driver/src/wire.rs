@@ -87,6 +87,11 @@ pub struct ChatResponse {
     choices: Vec<Choice>,
     #[serde(default)]
     usage: Option<OaUsage>,
+    /// Only for telemetry: whatever type a server sends here must not fail the answer.
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    model: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +196,8 @@ pub fn into_response(resp: ChatResponse, url: &str) -> Result<PromptResponse, Pl
         message,
         usage: resp.usage.map(Usage::from).unwrap_or_default(),
         finish_reason,
+        id: driver_http::nonempty_str(resp.id),
+        model: driver_http::nonempty_str(resp.model),
     })
 }
 

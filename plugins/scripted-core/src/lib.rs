@@ -160,6 +160,8 @@ impl Scripted {
             },
             message,
             finish_reason: Some(finish.into()),
+            id: None,
+            model: None,
         })
     }
 
