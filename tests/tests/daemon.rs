@@ -1,6 +1,5 @@
 //! The daemon over real HTTP on 127.0.0.1, with real plugins and a real local upstream.
 
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
