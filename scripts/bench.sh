@@ -11,3 +11,4 @@ cargo bench -p e2e --bench daemon_load   # daemon added latency at 1/64/512, RSS
 cargo bench -p e2e --bench openai_front  # /v1/chat/completions vs /v1/tasks, CPU and latency at 1 and 64
 cargo bench -p e2e --bench local_model   # llama.cpp driver: load, tokens/s, RSS, first token
 cargo bench -p e2e --bench mcp_call      # an MCP tool call vs the same tool in process; stdio server start-up
+cargo bench -p e2e --bench telemetry     # OpenTelemetry off / on / on with content: daemon CPU and latency at 1 and 64

@@ -43,13 +43,20 @@ where
     }
 }
 
-/// Runs blocking work on tokio's blocking pool when inside a runtime, else in place.
+/// Runs blocking work on tokio's blocking pool when inside a runtime, else in place; in the
+/// caller's span either way (the spans it makes are children of the caller's).
 pub(crate) async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::runtime::Handle::try_current() {
-        Ok(rt) => match rt.spawn_blocking(f).await {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        },
+        Ok(rt) => {
+            let span = match crate::telemetry::enabled() {
+                true => tracing::Span::current(),
+                false => tracing::Span::none(),
+            };
+            match rt.spawn_blocking(move || span.in_scope(f)).await {
+                Ok(v) => v,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
         Err(_) => f(),
     }
 }

@@ -326,7 +326,7 @@ enum RunPath {
 /// (its own filter: only the GenAI spans), returning what ends the latter.
 fn init_tracing(
     format: LogFormat,
-    telemetry: &host::telemetry::TelemetryConfig,
+    telemetry: Option<&host::telemetry::TelemetryConfig>,
     tree: bool,
 ) -> anyhow::Result<host::telemetry::Telemetry> {
     use tracing_subscriber::prelude::*;
@@ -341,7 +341,10 @@ fn init_tracing(
         LogFormat::Text => fmt.with_filter(filter).boxed(),
         LogFormat::Json => fmt.json().with_filter(filter).boxed(),
     };
-    let (otel, handle) = host::telemetry::layer(telemetry, tree)?;
+    let (otel, handle) = match telemetry {
+        Some(t) => host::telemetry::layer(t, tree)?,
+        None => (None, host::telemetry::Telemetry::default()),
+    };
     tracing_subscriber::registry().with(fmt).with(otel).init();
     Ok(handle)
 }
@@ -360,12 +363,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let started = (|| {
         // A plugin's child logs JSON lines, which its host re-emits under the plugin's id;
-        // its spans are the host's to make.
+        // its spans are the host's to make, whatever OTEL_* variables it inherited.
         if let Command::PluginHost { .. } = cli.command {
-            return init_tracing(LogFormat::Json, &Default::default(), false);
+            return init_tracing(LogFormat::Json, None, false);
         }
         let tree = matches!(&cli.command, Command::Run(a) if a.trace);
-        init_tracing(cli.log_format, &telemetry_config(&cli.command)?, tree)
+        init_tracing(cli.log_format, Some(&telemetry_config(&cli.command)?), tree)
     })();
     let telemetry = match started {
         Ok(t) => t,

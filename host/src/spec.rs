@@ -539,3 +539,29 @@ fn check_overrides(policy: &impl Policy, plugin: &Plugin, config: &Value) -> Res
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A queued task reaches its worker as this JSON: the caller's trace goes with it.
+    #[test]
+    fn a_callers_trace_travels_with_the_spec_and_a_malformed_one_is_refused() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let spec: TaskSpec =
+            serde_json::from_value(json!({"input": "hi", "traceparent": tp})).unwrap();
+        let queued: TaskSpec =
+            serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(queued.traceparent.as_deref(), Some(tp));
+        assert!(spec.check_fields(&Permissive).is_ok());
+        let bad = TaskSpec {
+            input: "hi".into(),
+            traceparent: Some("00-nope".into()),
+            ..TaskSpec::default()
+        };
+        let e = bad.check_fields(&Permissive).unwrap_err().to_string();
+        assert!(e.contains("traceparent"), "{e}");
+    }
+}

@@ -408,13 +408,40 @@ fn the_daemon_exports_over_grpc_continues_the_callers_trace_and_shows_retries() 
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 
-    // The OpenAI front continues a caller's trace the same way; a malformed traceparent
-    // starts a new one.
+    // A task whose client gives up: its spans end as cancelled.
+    otlp.clear();
+    mock.push([Reply::Hang]);
+    let gone = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/tasks"))
+            .timeout(std::time::Duration::from_millis(500))
+            .json(&json!({"driver": "openai", "input": "never answered"}))
+            .send()
+            .await
+    });
+    assert!(gone.is_err(), "the client gave up");
+    let spans = otlp.wait_spans("the cancelled task's spans", |s| {
+        named(s, "invoke_agent").len() == 1 && named(s, "chat").len() == 1
+    });
+    for s in named(&spans, "invoke_agent")
+        .into_iter()
+        .chain(named(&spans, "chat"))
+    {
+        assert_eq!(
+            (s.attr("error.type"), s.status_code),
+            (&json!("cancelled"), ERROR),
+            "{s:?}"
+        );
+    }
+
+    // The OpenAI front continues a caller's trace the same way, even one its caller marked
+    // "not sampled" (the operator's backend sees every task); a malformed traceparent starts
+    // a new trace.
     otlp.clear();
     let other_trace = "0af7651916cd43dd8448eb211c80319c";
     rt.block_on(async {
         for tp in [
-            format!("00-{other_trace}-b7ad6b7169203331-01"),
+            format!("00-{other_trace}-b7ad6b7169203331-00"),
             "garbage".into(),
         ] {
             let r = reqwest::Client::new()

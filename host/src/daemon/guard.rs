@@ -163,7 +163,7 @@ pub async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next)
             );
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("authorization, content-type, traceparent, tracestate"),
+                HeaderValue::from_static("authorization, content-type, traceparent"),
             );
             h.insert(
                 header::ACCESS_CONTROL_MAX_AGE,

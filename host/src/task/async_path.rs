@@ -15,7 +15,6 @@ use tracing::Instrument;
 
 use crate::bridge::run_blocking;
 use crate::manifest::Mode;
-use crate::telemetry::genai;
 
 impl PromptTask {
     /// Runs the task on the async path: `async_before_run`, `async_try_run`, `async_after_run`.
@@ -32,9 +31,9 @@ impl PromptTask {
             self.async_after_run(&ctx, &result).await;
             result
         }
-        .instrument(span.clone())
+        .instrument(span.span().clone())
         .await;
-        genai::finish_task(&span, &result);
+        span.finish(&result);
         result
     }
 
@@ -121,8 +120,7 @@ impl PromptTask {
         mut req: PromptRequest,
     ) -> Result<PromptResponse, TaskError> {
         self.apublish(ctx, start_prompt(&self.driver, &req)).await;
-        let mut chat = self.chat(&req, "async");
-        req.traceparent = chat.traceparent();
+        let mut chat = self.chat(&mut req, "async");
         let req = &req;
         let result = if self.stream {
             match self.driver.stream(req) {

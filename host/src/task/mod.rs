@@ -227,8 +227,8 @@ impl PromptTask {
         self
     }
 
-    /// The `chat` spans of one prompt on `path`.
-    fn chat(&self, req: &PromptRequest, path: &'static str) -> crate::telemetry::genai::Chat {
+    /// The `chat` spans of one prompt on `path` (the first one's trace context on `req`).
+    fn chat(&self, req: &mut PromptRequest, path: &'static str) -> crate::telemetry::genai::Chat {
         crate::telemetry::genai::Chat::start(
             self.driver.gen_ai(),
             self.driver.plugin().id(),
@@ -239,8 +239,8 @@ impl PromptTask {
     }
 
     /// The `invoke_agent` span of a run on `path` (disabled while telemetry is off).
-    fn task_span(&self, path: &'static str) -> tracing::Span {
-        crate::telemetry::genai::task_span(&crate::telemetry::genai::TaskInfo {
+    fn task_span(&self, path: &'static str) -> crate::telemetry::genai::TaskSpan {
+        crate::telemetry::genai::TaskSpan::start(&crate::telemetry::genai::TaskInfo {
             task_id: &self.id,
             driver_id: self.driver.plugin().id(),
             driver: self.driver.gen_ai(),

@@ -10,7 +10,6 @@ use super::{
     all_failed, finish_actions, finish_prompt, machine, start_actions, start_prompt,
 };
 use crate::manifest::Mode;
-use crate::telemetry::genai;
 
 impl PromptTask {
     /// Runs the task on the sync path: `before_run`, `try_run`, `after_run`.
@@ -20,7 +19,7 @@ impl PromptTask {
     pub fn run(&self) -> Result<TaskOutput, TaskError> {
         self.require(Mode::Sync, "run()")?;
         let span = self.task_span("sync");
-        let result = span.in_scope(|| {
+        let result = span.span().in_scope(|| {
             let ctx = self.new_context();
             ctx.bus.check_sync()?;
             self.before_run(&ctx)?;
@@ -28,7 +27,7 @@ impl PromptTask {
             self.after_run(&ctx, &result)?;
             result
         });
-        genai::finish_task(&span, &result);
+        span.finish(&result);
         result
     }
 
@@ -109,8 +108,7 @@ impl PromptTask {
         mut req: PromptRequest,
     ) -> Result<PromptResponse, TaskError> {
         self.publish(ctx, start_prompt(&self.driver, &req))?;
-        let mut chat = self.chat(&req, "sync");
-        req.traceparent = chat.traceparent();
+        let mut chat = self.chat(&mut req, "sync");
         let req = &req;
         let result = if self.stream {
             self.driver

@@ -85,8 +85,8 @@ impl ToolSet {
             .map(|call| {
                 let span = self.span(call);
                 let _in = span.enter();
-                let (msg, error) = match check_call(&self.functions, call) {
-                    Err(msg) => (msg, Some(self.refusal(call))),
+                let (msg, error) = match self.check(call) {
+                    Err(refused) => refused,
                     Ok((i, inv)) => {
                         let tool = &self.tools[i];
                         let sync = tool.plugin().can(Kind::Tool, Mode::Sync);
@@ -102,13 +102,20 @@ impl ToolSet {
             .collect()
     }
 
-    /// The `error.type` of a call refused before any tool saw it.
-    fn refusal(&self, call: &ToolCall) -> &'static str {
-        if self.functions.contains_key(&call.name) {
-            "invalid_arguments"
-        } else {
-            "unknown_tool"
-        }
+    /// The call's tool and invocation, or the message refusing it and its `error.type`.
+    #[allow(clippy::result_large_err)] // the refusal is the message sent back, made once per call
+    fn check(
+        &self,
+        call: &ToolCall,
+    ) -> Result<(usize, ToolInvocation), (Message, Option<&'static str>)> {
+        check_call(&self.functions, call).map_err(|msg| {
+            let kind = if self.functions.contains_key(&call.name) {
+                "invalid_arguments"
+            } else {
+                "unknown_tool"
+            };
+            (msg, Some(kind))
+        })
     }
 
     /// The `execute_tool` span of `call` (disabled while telemetry is off).
@@ -132,8 +139,8 @@ impl ToolSet {
     /// serve`): checked, then run in the tool's mode. Dropping the future cancels the call.
     pub(crate) async fn call_async(&self, call: &ToolCall) -> Message {
         let span = self.span(call);
-        let (msg, error) = match check_call(&self.functions, call) {
-            Err(msg) => (msg, Some(self.refusal(call))),
+        let (msg, error) = match self.check(call) {
+            Err(refused) => refused,
             Ok((i, inv)) => {
                 let tool = self.tools[i].clone();
                 let has_async = tool.plugin().can(Kind::Tool, Mode::Async);

@@ -82,16 +82,12 @@ impl DriverInfo {
                 .provider
                 .clone()
                 .unwrap_or_else(|| plugin.id().to_owned()),
-            model,
+            model: model.as_deref().map(bounded),
             max_tokens: config.get("max_tokens").and_then(Value::as_i64),
             temperature: config.get("temperature").and_then(Value::as_f64),
             server,
             isolation: plugin.isolation().as_str(),
         }
-    }
-
-    fn model_or_unknown(&self) -> &str {
-        self.model.as_deref().unwrap_or("unknown")
     }
 }
 
@@ -106,48 +102,83 @@ pub(crate) struct TaskInfo<'a> {
     pub path: &'static str,
 }
 
-/// The `invoke_agent` span of one run: a child of the caller's `traceparent` when it gave a
-/// valid one, else of the current span.
-pub(crate) fn task_span(t: &TaskInfo<'_>) -> Span {
-    if !enabled() {
-        return Span::none();
-    }
-    let span = tracing::info_span!(
-        target: TARGET,
-        "invoke_agent",
-        otel.name = %format!("invoke_agent {}", t.driver_id),
-        otel.kind = "internal",
-        gen_ai.operation.name = "invoke_agent",
-        gen_ai.agent.id = t.task_id,
-        gen_ai.agent.name = t.driver_id,
-        gen_ai.provider.name = %t.driver.provider,
-        grip.task.id = t.task_id,
-        grip.plugin.id = t.driver_id,
-        grip.path = t.path,
-        grip.isolation = t.driver.isolation,
-    );
-    if let Some(m) = &t.driver.model {
-        span.set_attribute("gen_ai.request.model", m.clone());
-    }
-    if let Some(c) = t.conversation {
-        span.set_attribute("gen_ai.conversation.id", c.to_owned());
-    }
-    if let Some(cx) = t.traceparent.and_then(super::propagation::context_of) {
-        let _ = span.set_parent(cx);
-    }
-    span
+/// The `invoke_agent` span of one run. Ended by [`TaskSpan::finish`]; dropped unfinished (the
+/// run's future was dropped: a timeout, a client gone), it ends as `cancelled`.
+pub(crate) struct TaskSpan {
+    span: Span,
+    finished: bool,
 }
 
-/// Ends the task span's attributes: the run's usage, or its error.
-pub(crate) fn finish_task(span: &Span, result: &Result<TaskOutput, TaskError>) {
-    if span.is_disabled() {
-        return;
+impl TaskSpan {
+    /// A child of the caller's `traceparent` when it gave a valid one, else of the current
+    /// span.
+    pub(crate) fn start(t: &TaskInfo<'_>) -> Self {
+        let mut out = Self {
+            span: Span::none(),
+            finished: true,
+        };
+        if !enabled() {
+            return out;
+        }
+        out.span = tracing::info_span!(
+            target: TARGET,
+            "invoke_agent",
+            otel.name = %format!("invoke_agent {}", t.driver_id),
+            otel.kind = "internal",
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = t.driver_id,
+            gen_ai.provider.name = %t.driver.provider,
+            grip.task.id = t.task_id,
+            grip.plugin.id = t.driver_id,
+            grip.path = t.path,
+            grip.isolation = t.driver.isolation,
+        );
+        if let Some(m) = &t.driver.model {
+            out.span.set_attribute("gen_ai.request.model", m.clone());
+        }
+        if let Some(c) = t.conversation {
+            out.span
+                .set_attribute("gen_ai.conversation.id", c.to_owned());
+        }
+        if let Some(cx) = t.traceparent.and_then(super::propagation::context_of) {
+            let _ = out.span.set_parent(cx);
+        }
+        out.finished = false;
+        out
     }
-    match result {
-        Ok(out) => set_usage(span, out.usage),
-        Err(e) => set_error(span, &task_error_type(e), &e.to_string()),
+
+    /// The span, for the run to be instrumented with.
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The run's usage, or its error.
+    pub(crate) fn finish(mut self, result: &Result<TaskOutput, TaskError>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        match result {
+            Ok(out) => set_usage(&self.span, out.usage),
+            Err(e) => set_error(&self.span, &task_error_type(e), &e.to_string()),
+        }
     }
 }
+
+impl Drop for TaskSpan {
+    fn drop(&mut self) {
+        if !self.finished {
+            set_error(&self.span, CANCELLED, "the run was stopped before it ended");
+        }
+    }
+}
+
+/// The `error.type` of work dropped before it ended.
+const CANCELLED: &str = "cancelled";
+
+/// At most this many attempt spans per prompt: a driver that restarts without end cannot make
+/// the host record without end.
+const MAX_ATTEMPT_SPANS: u32 = 32;
 
 /// The `chat` spans of one prompt: one per attempt, siblings under the task span. `None`
 /// while telemetry is off: nothing is cloned or looked up.
@@ -158,6 +189,8 @@ struct Attempts {
     span: Span,
     info: Arc<DriverInfo>,
     attempt: u32,
+    /// Attempt spans made so far.
+    spans: u32,
     started: Instant,
     plugin: String,
     path: &'static str,
@@ -165,14 +198,16 @@ struct Attempts {
     /// With content capture: the request's messages and tool definitions, as the
     /// conventions' JSON, put on every attempt's span.
     content: Option<(String, Option<String>)>,
+    finished: bool,
 }
 
 impl Chat {
-    /// The first attempt's span, started now. Disabled (and free) when telemetry is off.
+    /// The first attempt's span, started now, and its `traceparent` put on `req` for the
+    /// upstream. Nothing at all while telemetry is off.
     pub(crate) fn start(
         info: &Arc<DriverInfo>,
         plugin: &str,
-        req: &PromptRequest,
+        req: &mut PromptRequest,
         path: &'static str,
         stream: bool,
     ) -> Self {
@@ -196,19 +231,19 @@ impl Chat {
             span: Span::none(),
             info: Arc::clone(info),
             attempt: 1,
+            spans: 1,
             started: Instant::now(),
             plugin: plugin.to_owned(),
             path,
             stream,
             content,
+            finished: false,
         };
         a.span = a.attempt_span();
+        // Every attempt the driver makes sends this one: the upstream's spans hang under the
+        // first attempt's (the driver restarts on its own, without asking the host).
+        req.traceparent = super::traceparent_of(&a.span);
         Self(Some(Box::new(a)))
-    }
-
-    /// The `traceparent` for the upstream request: this prompt's first attempt.
-    pub(crate) fn traceparent(&self) -> Option<String> {
-        self.0.as_ref().and_then(|a| super::traceparent_of(&a.span))
     }
 
     /// A stream event on its way to the listeners: a `PromptRetry` ends this attempt.
@@ -220,42 +255,57 @@ impl Chat {
 
     /// The last attempt ended with `result`.
     pub(crate) fn finish(self, result: &Result<PromptResponse, TaskError>) {
-        if let Some(a) = self.0 {
+        if let Some(mut a) = self.0 {
             a.finish(result);
         }
     }
 }
 
 impl Attempts {
+    /// What the span and the duration metric say of every attempt.
+    fn attributes(&self) -> Vec<KeyValue> {
+        let i = &self.info;
+        let mut a = vec![
+            KeyValue::new("gen_ai.operation.name", "chat"),
+            KeyValue::new("gen_ai.provider.name", i.provider.clone()),
+        ];
+        if let Some(m) = &i.model {
+            a.push(KeyValue::new("gen_ai.request.model", m.clone()));
+        }
+        if let Some((host, port)) = &i.server {
+            a.push(KeyValue::new("server.address", host.clone()));
+            a.push(KeyValue::new("server.port", *port));
+        }
+        a
+    }
+
     fn attempt_span(&self) -> Span {
         let i = &self.info;
+        let name = match &i.model {
+            Some(m) => format!("chat {m}"),
+            None => "chat".to_owned(),
+        };
         let span = tracing::info_span!(
             target: TARGET,
             parent: &self.parent,
             "chat",
-            otel.name = %format!("chat {}", i.model_or_unknown()),
+            otel.name = %name,
             otel.kind = "client",
-            gen_ai.operation.name = "chat",
-            gen_ai.provider.name = %i.provider,
             grip.plugin.id = %self.plugin,
             grip.path = self.path,
             grip.isolation = i.isolation,
             grip.stream = self.stream,
         );
+        for kv in self.attributes() {
+            span.set_attribute(kv.key, kv.value);
+        }
         // As an integer: tracing-opentelemetry records a u32 field as text.
         span.set_attribute("grip.attempt", i64::from(self.attempt));
-        if let Some(m) = &i.model {
-            span.set_attribute("gen_ai.request.model", m.clone());
-        }
         if let Some(n) = i.max_tokens {
             span.set_attribute("gen_ai.request.max_tokens", n);
         }
         if let Some(t) = i.temperature {
             span.set_attribute("gen_ai.request.temperature", t);
-        }
-        if let Some((host, port)) = &i.server {
-            span.set_attribute("server.address", host.clone());
-            span.set_attribute("server.port", *port);
         }
         if let Some((messages, tools)) = &self.content {
             span.set_attribute("gen_ai.input.messages", messages.clone());
@@ -270,24 +320,31 @@ impl Attempts {
     fn restart(&mut self, attempt: u32, reason: &str) {
         let error_type = reason_type(reason);
         set_error(&self.span, error_type, reason);
-        self.record_duration(Some(error_type));
-        self.attempt = attempt.max(self.attempt + 1);
+        self.record_duration(Some(error_type), None);
+        self.attempt = attempt.max(self.attempt.saturating_add(1));
         self.started = Instant::now();
-        self.span = self.attempt_span(); // the failed attempt's span ends here
+        if self.spans < MAX_ATTEMPT_SPANS {
+            self.spans += 1;
+            self.span = self.attempt_span(); // the failed attempt's span ends here
+        } else {
+            self.span
+                .set_attribute("grip.attempt", i64::from(self.attempt));
+        }
     }
 
-    fn finish(self, result: &Result<PromptResponse, TaskError>) {
+    fn finish(&mut self, result: &Result<PromptResponse, TaskError>) {
+        self.finished = true;
         match result {
             Ok(r) => {
                 let s = &self.span;
                 if let Some(id) = &r.id {
-                    s.set_attribute("gen_ai.response.id", id.clone());
+                    s.set_attribute("gen_ai.response.id", bounded(id));
                 }
                 if let Some(m) = &r.model {
-                    s.set_attribute("gen_ai.response.model", m.clone());
+                    s.set_attribute("gen_ai.response.model", bounded(m));
                 }
                 if let Some(f) = &r.finish_reason {
-                    let reasons = Array::String(vec![StringValue::from(f.clone())]);
+                    let reasons = Array::String(vec![StringValue::from(bounded(f))]);
                     s.set_attribute("gen_ai.response.finish_reasons", OtelValue::Array(reasons));
                 }
                 set_usage(s, r.usage);
@@ -299,48 +356,34 @@ impl Attempts {
                         Value::Array(vec![out]).to_string(),
                     );
                 }
-                self.record_duration(None);
+                self.record_duration(None, r.model.as_deref());
                 self.record_tokens(r);
             }
             Err(e) => {
                 let t = task_error_type(e);
                 set_error(&self.span, &t, &e.to_string());
-                self.record_duration(Some(&t));
+                self.record_duration(Some(&t), None);
             }
         }
     }
 
-    fn attributes(&self, error_type: Option<&str>) -> Vec<KeyValue> {
-        let i = &self.info;
-        let mut a = vec![
-            KeyValue::new("gen_ai.operation.name", "chat"),
-            KeyValue::new("gen_ai.provider.name", i.provider.clone()),
-        ];
-        if let Some(m) = &i.model {
-            a.push(KeyValue::new("gen_ai.request.model", m.clone()));
-        }
-        if let Some((host, port)) = &i.server {
-            a.push(KeyValue::new("server.address", host.clone()));
-            a.push(KeyValue::new("server.port", *port));
+    fn record_duration(&self, error_type: Option<&str>, response_model: Option<&str>) {
+        let Some(m) = INSTRUMENTS.get() else { return };
+        let mut a = self.attributes();
+        if let Some(model) = response_model {
+            a.push(KeyValue::new("gen_ai.response.model", bounded(model)));
         }
         if let Some(t) = error_type {
             a.push(KeyValue::new("error.type", t.to_owned()));
         }
-        a
-    }
-
-    fn record_duration(&self, error_type: Option<&str>) {
-        if let Some(m) = INSTRUMENTS.get() {
-            let secs = self.started.elapsed().as_secs_f64();
-            m.duration.record(secs, &self.attributes(error_type));
-        }
+        m.duration.record(self.started.elapsed().as_secs_f64(), &a);
     }
 
     fn record_tokens(&self, r: &PromptResponse) {
         let Some(m) = INSTRUMENTS.get() else { return };
-        let mut a = self.attributes(None);
+        let mut a = self.attributes();
         if let Some(model) = &r.model {
-            a.push(KeyValue::new("gen_ai.response.model", model.clone()));
+            a.push(KeyValue::new("gen_ai.response.model", bounded(model)));
         }
         for (kind, n) in [
             ("input", r.usage.input_tokens),
@@ -355,6 +398,19 @@ impl Attempts {
     }
 }
 
+impl Drop for Attempts {
+    fn drop(&mut self) {
+        if !self.finished {
+            set_error(
+                &self.span,
+                CANCELLED,
+                "the prompt was stopped before it ended",
+            );
+            self.record_duration(Some(CANCELLED), None);
+        }
+    }
+}
+
 /// The `execute_tool` span of one call, started now (a child of the current span).
 pub(crate) fn tool_span(call: &ToolCall, tool: Option<&Plugin>) -> Span {
     if !enabled() {
@@ -363,11 +419,11 @@ pub(crate) fn tool_span(call: &ToolCall, tool: Option<&Plugin>) -> Span {
     let span = tracing::info_span!(
         target: TARGET,
         "execute_tool",
-        otel.name = %format!("execute_tool {}", call.name),
+        otel.name = %format!("execute_tool {}", bounded(&call.name)),
         otel.kind = "internal",
         gen_ai.operation.name = "execute_tool",
-        gen_ai.tool.name = %call.name,
-        gen_ai.tool.call.id = %call.id,
+        gen_ai.tool.name = %bounded(&call.name),
+        gen_ai.tool.call.id = %bounded(&call.id),
         gen_ai.tool.type = "extension",
     );
     if let Some(p) = tool {
@@ -387,10 +443,13 @@ pub(crate) fn finish_tool(span: &Span, result: &Message, error_type: Option<&str
     if span.is_disabled() {
         return;
     }
+    // The message is what the tool or the host said back to the model: content, like the
+    // result, so only its type goes on the span unless content is captured.
+    let capture = capture_content();
     if let Some(t) = error_type {
-        set_error(span, t, &result.content);
+        set_error(span, t, if capture { &result.content } else { t });
     }
-    if capture_content() {
+    if capture {
         span.set_attribute("gen_ai.tool.call.result", result.content.clone());
     }
 }
@@ -406,6 +465,20 @@ fn set_usage(span: &Span, usage: Usage) {
         "gen_ai.usage.output_tokens",
         saturating(usage.output_tokens),
     );
+}
+
+/// A string the model or a caller chose, cut to a length a backend stores without complaint
+/// (span names and metric attributes must stay small).
+fn bounded(s: &str) -> String {
+    const MAX: usize = 128;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 fn saturating(n: u64) -> i64 {

@@ -69,17 +69,43 @@ pub struct TelemetryConfig {
     pub metrics_interval_ms: Option<u64>,
 }
 
+/// An environment variable that is set and not blank.
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The OTLP signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Traces,
+    Metrics,
+}
+
 impl TelemetryConfig {
-    /// Whether spans go to a collector: an endpoint is set here or in the environment, and
-    /// `OTEL_SDK_DISABLED` is not `true`.
+    /// Whether spans go to a collector: an endpoint for them is set here or in the
+    /// environment, and `OTEL_SDK_DISABLED` is not `true`.
     pub fn exports(&self) -> bool {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        self.exports_signal(Signal::Traces) || self.exports_signal(Signal::Metrics)
+    }
+
+    fn exports_signal(&self, signal: Signal) -> bool {
         if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return false;
         }
+        let own = match signal {
+            Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        };
         self.endpoint.is_some()
             || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
-            || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+            || env(own).is_some()
+    }
+
+    /// `capture_content`, or the variable the GenAI instrumentations of other languages read.
+    fn captures_content(&self) -> bool {
+        self.capture_content
+            || env("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     }
 
     fn protocol(&self) -> Protocol {
@@ -146,9 +172,16 @@ where
     crate::tls::install_provider();
     let resource = resource(config);
     let mut traces = SdkTracerProvider::builder().with_resource(resource.clone());
+    // Every task is recorded unless the operator set a sampler: a caller's `traceparent`
+    // marked "not sampled" must not hide its tasks from the operator's backend.
+    if env("OTEL_TRACES_SAMPLER").is_none() {
+        traces = traces.with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn);
+    }
     let mut out = Telemetry::default();
-    if exports {
+    if config.exports_signal(Signal::Traces) {
         traces = traces.with_batch_exporter(span_exporter(config)?);
+    }
+    if config.exports_signal(Signal::Metrics) {
         let reader = PeriodicReader::builder(metric_exporter(config)?);
         let reader = match config.metrics_interval_ms {
             Some(ms) => reader.with_interval(Duration::from_millis(ms.max(100))),
@@ -174,7 +207,7 @@ where
     );
     out.tracer = Some(provider);
     ON.store(true, Ordering::Relaxed);
-    CONTENT.store(config.capture_content, Ordering::Relaxed);
+    CONTENT.store(config.captures_content(), Ordering::Relaxed);
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
@@ -205,20 +238,21 @@ impl Telemetry {
     }
 }
 
+/// The SDK's resource (which reads `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`), with
+/// `[telemetry] service_name` over them, or `grip` where neither names the service.
 fn resource(config: &TelemetryConfig) -> Resource {
-    let name = config
-        .service_name
-        .clone()
-        .or_else(|| std::env::var("OTEL_SERVICE_NAME").ok())
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| "grip".into());
-    Resource::builder()
-        .with_service_name(name)
-        .with_attribute(opentelemetry::KeyValue::new(
-            "service.version",
-            env!("CARGO_PKG_VERSION"),
-        ))
-        .build()
+    let named_by_env = env("OTEL_SERVICE_NAME").is_some()
+        || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.name="));
+    let b = Resource::builder().with_attribute(opentelemetry::KeyValue::new(
+        "service.version",
+        env!("CARGO_PKG_VERSION"),
+    ));
+    match &config.service_name {
+        Some(n) => b.with_service_name(n.clone()),
+        None if !named_by_env => b.with_service_name("grip"),
+        None => b,
+    }
+    .build()
 }
 
 /// `base` + `/v1/<signal>` for HTTP, as the OTLP spec has it for a base endpoint.
@@ -234,54 +268,50 @@ fn on_background<T>(build: impl FnOnce() -> T) -> anyhow::Result<T> {
     Ok(build())
 }
 
+/// One OTLP exporter builder made for `config`: gRPC (its channel on the background runtime)
+/// or HTTP/protobuf (the signal's path added to a base endpoint); the environment fills what
+/// the config leaves out.
+macro_rules! otlp_exporter {
+    ($builder:expr, $config:expr, $signal:literal) => {{
+        let config: &TelemetryConfig = $config;
+        let built = match config.protocol() {
+            Protocol::Grpc => on_background(|| {
+                let b = $builder
+                    .with_tonic()
+                    .with_protocol(opentelemetry_otlp::Protocol::Grpc);
+                match &config.endpoint {
+                    Some(e) => b.with_endpoint(e.clone()).build(),
+                    None => b.build(),
+                }
+            })?,
+            Protocol::HttpProtobuf => {
+                let b = $builder
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                match &config.endpoint {
+                    Some(e) => b.with_endpoint(http_url(e, $signal)).build(),
+                    None => b.build(),
+                }
+            }
+        };
+        built.map_err(|e| anyhow::anyhow!("telemetry: the OTLP {} exporter: {e}", $signal))
+    }};
+}
+
 fn span_exporter(config: &TelemetryConfig) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
-    let b = opentelemetry_otlp::SpanExporter::builder();
-    let exporter = match config.protocol() {
-        Protocol::Grpc => on_background(|| {
-            let b = b
-                .with_tonic()
-                .with_protocol(opentelemetry_otlp::Protocol::Grpc);
-            match &config.endpoint {
-                Some(e) => b.with_endpoint(e.clone()).build(),
-                None => b.build(),
-            }
-        })?,
-        Protocol::HttpProtobuf => {
-            let b = b
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-            match &config.endpoint {
-                Some(e) => b.with_endpoint(http_url(e, "traces")).build(),
-                None => b.build(),
-            }
-        }
-    };
-    exporter.map_err(|e| anyhow::anyhow!("telemetry: the OTLP span exporter: {e}"))
+    otlp_exporter!(
+        opentelemetry_otlp::SpanExporter::builder(),
+        config,
+        "traces"
+    )
 }
 
 fn metric_exporter(config: &TelemetryConfig) -> anyhow::Result<opentelemetry_otlp::MetricExporter> {
-    let b = opentelemetry_otlp::MetricExporter::builder();
-    let exporter = match config.protocol() {
-        Protocol::Grpc => on_background(|| {
-            let b = b
-                .with_tonic()
-                .with_protocol(opentelemetry_otlp::Protocol::Grpc);
-            match &config.endpoint {
-                Some(e) => b.with_endpoint(e.clone()).build(),
-                None => b.build(),
-            }
-        })?,
-        Protocol::HttpProtobuf => {
-            let b = b
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-            match &config.endpoint {
-                Some(e) => b.with_endpoint(http_url(e, "metrics")).build(),
-                None => b.build(),
-            }
-        }
-    };
-    exporter.map_err(|e| anyhow::anyhow!("telemetry: the OTLP metric exporter: {e}"))
+    otlp_exporter!(
+        opentelemetry_otlp::MetricExporter::builder(),
+        config,
+        "metrics"
+    )
 }
 
 #[cfg(test)]
