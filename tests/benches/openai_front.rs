@@ -3,69 +3,12 @@
 //! process's CPU per request, and p50/p99 latency. The daemon and the upstream run in processes
 //! of their own; this process is only the client. `cargo bench -p e2e --bench openai_front`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use e2e::procs::{cpu_time, start_daemon, start_mock};
+use e2e::load::post_load;
+use e2e::procs::{start_daemon, start_mock};
 use e2e::{ManifestSpec, scripted};
-use futures::StreamExt;
-use serde_json::{Value, json};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-struct Row {
-    per_s: f64,
-    cpu_us: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-async fn measure(
-    n: usize,
-    c: usize,
-    pid: Option<u32>,
-    url: &str,
-    body: &Value,
-    client: &reqwest::Client,
-) -> Row {
-    let one = || {
-        let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
-        async move {
-            let t = Instant::now();
-            let r = client.post(url).json(&body).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            let v: Value = r.json().await.unwrap();
-            assert!(
-                v.get("output").is_some() || v.get("choices").is_some(),
-                "{v}"
-            );
-            t.elapsed()
-        }
-    };
-    // Warm-up: connections, caches.
-    futures::stream::iter(0..c.min(200))
-        .map(|_| one())
-        .buffer_unordered(c)
-        .collect::<Vec<_>>()
-        .await;
-    let cpu0 = cpu_time(pid);
-    let start = Instant::now();
-    let mut lat: Vec<Duration> = futures::stream::iter(0..n)
-        .map(|_| one())
-        .buffer_unordered(c)
-        .collect()
-        .await;
-    let wall = start.elapsed();
-    let cpu = cpu_time(pid) - cpu0;
-    lat.sort();
-    Row {
-        per_s: n as f64 / wall.as_secs_f64(),
-        cpu_us: cpu.as_secs_f64() * 1e6 / n as f64,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-    }
-}
+use serde_json::json;
 
 fn main() {
     let n: usize = std::env::args()
@@ -108,8 +51,8 @@ fn main() {
     println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     rt.block_on(async {
         for c in [1usize, 64] {
-            let t = measure(n, c, pid, &tasks.0, &tasks.1, &client).await;
-            let o = measure(n, c, pid, &chat.0, &chat.1, &client).await;
+            let t = post_load(n, c, pid, &tasks.0, &tasks.1, &client).await;
+            let o = post_load(n, c, pid, &chat.0, &chat.1, &client).await;
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             for (name, r) in [("/v1/tasks", &t), ("/v1/chat/completions", &o)] {
                 println!(

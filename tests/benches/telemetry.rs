@@ -8,44 +8,15 @@ use std::process::Child;
 use std::time::Duration;
 
 use e2e::ManifestSpec;
-use e2e::load::{percentile, run};
+use e2e::load::post_load;
 use e2e::otlp::Receiver;
-use e2e::procs::{cpu_time, start_daemon_with, start_mock};
-use serde_json::{Value, json};
+use e2e::procs::{start_daemon_with, start_mock};
+use serde_json::json;
 
 struct Daemon {
     name: &'static str,
     child: Child,
     url: String,
-}
-
-struct Row {
-    cpu_us: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-async fn measure(d: &Daemon, n: usize, c: usize, body: &Value, client: &reqwest::Client) -> Row {
-    let url = format!("{}/v1/tasks", d.url);
-    let one = || {
-        let (client, url, body) = (client.clone(), url.clone(), body.clone());
-        Box::pin(async move {
-            let r = client.post(url).json(&body).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            let v: Value = r.json().await.unwrap();
-            assert!(v.get("output").is_some(), "{v}");
-        }) as futures::future::BoxFuture<'static, ()>
-    };
-    run(c.min(200), c, one).await; // warm-up: connections, caches
-    let pid = Some(d.child.id());
-    let cpu0 = cpu_time(pid);
-    let (lat, _) = run(n, c, one).await;
-    let cpu = cpu_time(pid) - cpu0;
-    Row {
-        cpu_us: cpu.as_secs_f64() * 1e6 / n as f64,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-    }
 }
 
 fn main() {
@@ -113,9 +84,10 @@ fn main() {
     rt.block_on(async {
         for (what, body) in &work {
             for c in [1usize, 64] {
-                let mut off: Option<Row> = None;
+                let mut off = None;
                 for d in &daemons {
-                    let r = measure(d, n, c, body, &client).await;
+                    let url = format!("{}/v1/tasks", d.url);
+                    let r = post_load(n, c, Some(d.child.id()), &url, body, &client).await;
                     let base = off.as_ref().unwrap_or(&r);
                     println!(
                         "| {what} | {c} | {} | {:.0} | {:.2} | {:.2} | {:.2}x | {:.2}x | {:.2}x |",

@@ -311,6 +311,16 @@ pub fn first_party_registry() -> Registry {
 /// Serves `app` on 127.0.0.1 with a port of its own, on its own thread and runtime (so it
 /// outlives any test's runtime), until the process ends; returns its address.
 pub fn serve_router(app: axum::Router) -> std::net::SocketAddr {
+    serve_listener(|listener| async move { axum::serve(listener, app).await.expect("serve") })
+}
+
+/// Runs `serve` on a listener bound to 127.0.0.1 with a port of its own, on its own thread and
+/// runtime, until the process ends; returns the listener's address.
+pub fn serve_listener<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -324,7 +334,7 @@ pub fn serve_router(app: axum::Router) -> std::net::SocketAddr {
                 .expect("bind 127.0.0.1:0");
             tx.send(listener.local_addr().expect("local address"))
                 .expect("send address");
-            axum::serve(listener, app).await.expect("serve");
+            serve(listener).await;
         });
     });
     rx.recv().expect("server address")

@@ -249,35 +249,16 @@ impl MetricsService for Receiver {
 
 /// The gRPC services on their own thread and runtime, like [`crate::serve_router`].
 fn serve_grpc(r: Receiver) -> std::net::SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("grpc runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind 127.0.0.1:0");
-            tx.send(listener.local_addr().expect("local address"))
-                .expect("send address");
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(r.clone()))
-                .add_service(MetricsServiceServer::new(r))
-                .serve_with_incoming(tokio_stream_of(listener))
-                .await
-                .expect("serve grpc");
+    crate::serve_listener(|listener| async move {
+        let incoming = futures::stream::unfold(listener, |l| async move {
+            let accepted = l.accept().await.map(|(s, _)| s);
+            Some((accepted, l))
         });
-    });
-    rx.recv().expect("grpc address")
-}
-
-fn tokio_stream_of(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |l| async move {
-        let accepted = l.accept().await.map(|(s, _)| s);
-        Some((accepted, l))
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(r.clone()))
+            .add_service(MetricsServiceServer::new(r))
+            .serve_with_incoming(incoming)
+            .await
+            .expect("serve grpc");
     })
 }
