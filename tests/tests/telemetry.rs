@@ -530,3 +530,48 @@ fn grip_run_trace_prints_the_tree_and_a_missing_collector_is_harmless() {
     let (stdout, _) = ok(cmd);
     assert_eq!(stdout.trim(), "five");
 }
+
+/// On the sync path too, a stream the driver cuts and restarts is two `chat` spans: the first
+/// failed, the second the answer.
+#[test]
+fn a_restarted_stream_on_the_sync_path_is_one_chat_span_per_attempt() {
+    let mock = MockLlm::start();
+    let dir = tempfile::tempdir().unwrap();
+    manifests(dir.path(), &mock);
+    let otlp = Receiver::start();
+    mock.push([
+        Reply::Sse {
+            events: vec![text_chunk("void ")],
+            delay_ms: 0,
+            after: After::Drop,
+        },
+        Reply::sse_text(&["whole"]),
+    ]);
+    let mut cmd = grip_run(dir.path(), &["--path", "sync", "hello"]);
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.http)
+        .env("OTEL_SERVICE_NAME", "grip-test");
+    let (stdout, _) = ok(cmd);
+    assert_eq!(stdout.trim(), "whole");
+    let spans = otlp.spans();
+    let chats = named(&spans, "chat");
+    let mut seen: Vec<(i64, i32, &Value)> = chats
+        .iter()
+        .map(|c| {
+            (
+                c.attr("grip.attempt").as_i64().unwrap(),
+                c.status_code,
+                c.attr("error.type"),
+            )
+        })
+        .collect();
+    seen.sort_by_key(|s| s.0);
+    assert_eq!(seen.len(), 2, "{spans:#?}");
+    assert_eq!(
+        (seen[0].0, seen[0].1, seen[0].2),
+        (1, ERROR, &json!("stream_cut"))
+    );
+    assert_eq!((seen[1].0, seen[1].2), (2, &Value::Null));
+    assert!(chats.iter().all(|c| c.attr("grip.path") == "sync"));
+    let task = named(&spans, "invoke_agent")[0];
+    assert!(chats.iter().all(|c| c.parent_span_id == task.span_id));
+}
