@@ -448,6 +448,49 @@ async fn grip_run_submits_to_the_cluster_and_prints_the_answer() {
     assert!(err.contains("queued as task"), "{err}");
 }
 
+/// A queued task continues its caller's trace: the front puts the `traceparent` into the task
+/// it queues, and the worker that runs it exports the task's spans under the caller's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_task_continues_its_callers_trace_on_the_worker() {
+    let otlp = e2e::otlp::Receiver::start();
+    let cluster = Cluster::new(&format!(
+        "\n[telemetry]\nendpoint = {:?}\nservice_name = \"grip-worker-test\"\n",
+        otlp.http
+    ));
+    let _w = cluster.worker("w1");
+    let (_front, base) = cluster.front();
+    let (trace, parent) = ("5bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let r = client()
+        .post(format!("{base}/v1/tasks"))
+        .header("traceparent", format!("00-{trace}-{parent}-01"))
+        .json(&json!({"input": "traced"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let spans = tokio::task::spawn_blocking(move || {
+        otlp.wait_spans("the worker's task span", |s| {
+            s.iter().any(|s| s.name.starts_with("invoke_agent"))
+        })
+    })
+    .await
+    .unwrap();
+    let task = spans
+        .iter()
+        .find(|s| s.name.starts_with("invoke_agent"))
+        .unwrap();
+    assert_eq!(
+        (task.trace_id.as_str(), task.parent_span_id.as_str()),
+        (trace, parent)
+    );
+    assert_eq!(task.service, "grip-worker-test");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name.starts_with("chat") && s.trace_id == trace)
+    );
+}
+
 // The same client-facing behaviour from one daemon, no NATS: records, ids, conversations.
 
 fn single_daemon() -> Daemon {
