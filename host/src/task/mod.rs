@@ -217,7 +217,9 @@ impl PromptTask {
     /// Continues the caller's trace: the task's span is a child of this W3C `traceparent`
     /// (one that is not well formed is ignored and a new trace starts).
     pub fn traceparent(mut self, traceparent: Option<String>) -> Self {
-        self.trace.traceparent = traceparent.filter(|t| crate::telemetry::is_valid_traceparent(t));
+        // Checked where it is used (`context_of`), so a task built while telemetry is off
+        // does not parse it.
+        self.trace.traceparent = traceparent;
         self
     }
 
@@ -229,20 +231,13 @@ impl PromptTask {
 
     /// The `chat` spans of one prompt on `path` (the first one's trace context on `req`).
     fn chat(&self, req: &mut PromptRequest, path: &'static str) -> crate::telemetry::genai::Chat {
-        crate::telemetry::genai::Chat::start(
-            self.driver.gen_ai(),
-            self.driver.plugin().id(),
-            req,
-            path,
-            self.stream,
-        )
+        crate::telemetry::genai::Chat::start(self.driver.gen_ai(), req, path, self.stream)
     }
 
     /// The `invoke_agent` span of a run on `path` (disabled while telemetry is off).
     fn task_span(&self, path: &'static str) -> crate::telemetry::genai::TaskSpan {
         crate::telemetry::genai::TaskSpan::start(&crate::telemetry::genai::TaskInfo {
             task_id: &self.id,
-            driver_id: self.driver.plugin().id(),
             driver: self.driver.gen_ai(),
             conversation: self.trace.conversation_id.as_deref(),
             traceparent: self.trace.traceparent.as_deref(),

@@ -33,6 +33,8 @@ use crate::task::{TaskError, TaskOutput};
 /// once when the instance is made (and only while telemetry is on).
 #[derive(Debug, Clone, Default)]
 pub struct DriverInfo {
+    /// `grip.plugin.id`: the driver's plugin id.
+    pub plugin: String,
     /// `gen_ai.provider.name`: the manifest's `provider`, else the plugin id.
     pub provider: String,
     /// `gen_ai.request.model`: the config's `model`, else the model file's name.
@@ -58,13 +60,13 @@ impl DriverInfo {
             v.and_then(Value::as_str).and_then(|p| {
                 std::path::Path::new(p)
                     .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
+                    .map(|s| bounded(&s.to_string_lossy()))
             })
         };
         let model = config
             .get("model")
             .and_then(Value::as_str)
-            .map(str::to_owned)
+            .map(bounded)
             .or_else(|| file_stem(config.get("model_path")))
             .or_else(|| file_stem(manifest.model_source.as_ref().and_then(|s| s.get("file"))));
         let server = config
@@ -78,11 +80,12 @@ impl DriverInfo {
                 ))
             });
         Self {
+            plugin: plugin.id().to_owned(),
             provider: manifest
                 .provider
                 .clone()
                 .unwrap_or_else(|| plugin.id().to_owned()),
-            model: model.as_deref().map(bounded),
+            model,
             max_tokens: config.get("max_tokens").and_then(Value::as_i64),
             temperature: config.get("temperature").and_then(Value::as_f64),
             server,
@@ -95,7 +98,6 @@ impl DriverInfo {
 #[derive(Debug)]
 pub(crate) struct TaskInfo<'a> {
     pub task_id: &'a str,
-    pub driver_id: &'a str,
     pub driver: &'a DriverInfo,
     pub conversation: Option<&'a str>,
     pub traceparent: Option<&'a str>,
@@ -123,13 +125,13 @@ impl TaskSpan {
         out.span = tracing::info_span!(
             target: TARGET,
             "invoke_agent",
-            otel.name = %format!("invoke_agent {}", t.driver_id),
+            otel.name = %format!("invoke_agent {}", t.driver.plugin),
             otel.kind = "internal",
             gen_ai.operation.name = "invoke_agent",
-            gen_ai.agent.name = t.driver_id,
+            gen_ai.agent.name = %t.driver.plugin,
             gen_ai.provider.name = %t.driver.provider,
             grip.task.id = t.task_id,
-            grip.plugin.id = t.driver_id,
+            grip.plugin.id = %t.driver.plugin,
             grip.path = t.path,
             grip.isolation = t.driver.isolation,
         );
@@ -192,7 +194,6 @@ struct Attempts {
     /// Attempt spans made so far.
     spans: u32,
     started: Instant,
-    plugin: String,
     path: &'static str,
     stream: bool,
     /// With content capture: the request's messages and tool definitions, as the
@@ -206,7 +207,6 @@ impl Chat {
     /// upstream. Nothing at all while telemetry is off.
     pub(crate) fn start(
         info: &Arc<DriverInfo>,
-        plugin: &str,
         req: &mut PromptRequest,
         path: &'static str,
         stream: bool,
@@ -233,7 +233,6 @@ impl Chat {
             attempt: 1,
             spans: 1,
             started: Instant::now(),
-            plugin: plugin.to_owned(),
             path,
             stream,
             content,
@@ -291,7 +290,7 @@ impl Attempts {
             "chat",
             otel.name = %name,
             otel.kind = "client",
-            grip.plugin.id = %self.plugin,
+            grip.plugin.id = %i.plugin,
             grip.path = self.path,
             grip.isolation = i.isolation,
             grip.stream = self.stream,
@@ -416,13 +415,14 @@ pub(crate) fn tool_span(call: &ToolCall, tool: Option<&Plugin>) -> Span {
     if !enabled() {
         return Span::none();
     }
+    let name = bounded(&call.name);
     let span = tracing::info_span!(
         target: TARGET,
         "execute_tool",
-        otel.name = %format!("execute_tool {}", bounded(&call.name)),
+        otel.name = %format!("execute_tool {name}"),
         otel.kind = "internal",
         gen_ai.operation.name = "execute_tool",
-        gen_ai.tool.name = %bounded(&call.name),
+        gen_ai.tool.name = %name,
         gen_ai.tool.call.id = %bounded(&call.id),
         gen_ai.tool.type = "extension",
     );

@@ -202,9 +202,6 @@ where
     }
     let provider = traces.build();
     let tracer = provider.tracer("grip");
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
     out.tracer = Some(provider);
     ON.store(true, Ordering::Relaxed);
     CONTENT.store(config.captures_content(), Ordering::Relaxed);
