@@ -46,6 +46,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod host_services;
 pub mod isolation;
 mod kv_cas;
 pub mod loader;

@@ -16,14 +16,13 @@
 //! (abi_stable leaks them on purpose); loading the same path twice returns the same image.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use plugin_api::abi::{
-    ABI_GENERATION_V1, Capabilities, HostServicesV1, LogLevel, PanicStrategy, PluginInfoFfi,
-    PluginModV1Ref, ROOT_MODULE_NAME,
+    ABI_GENERATION_V1, Capabilities, PanicStrategy, PluginInfoFfi, PluginModV1Ref, ROOT_MODULE_NAME,
 };
 use plugin_api::abi_stable::library::{LibHeader, LibraryError, lib_header_from_path};
-use plugin_api::abi_stable::std_types::RStr;
+use plugin_api::abi_v2::{ABI_GENERATION_V2, PluginModV2Ref};
 use plugin_api::wire::WIRE_VERSION;
 use sha2::{Digest, Sha256};
 
@@ -32,10 +31,10 @@ use crate::error::LoadError;
 use crate::isolation::supervisor::Launch;
 use crate::isolation::{Isolation, IsolationPolicy, Supervisor};
 use crate::manifest::{LibrarySource, Manifest, Source, describe_capabilities};
-use crate::plugin::{Backend, Plugin, PluginInfo};
+use crate::plugin::{Backend, LocalModule, Plugin, PluginInfo};
 
 /// ABI generations this host can load, newest first.
-pub const KNOWN_GENERATIONS: &[u32] = &[ABI_GENERATION_V1];
+pub const KNOWN_GENERATIONS: &[u32] = &[ABI_GENERATION_V2, ABI_GENERATION_V1];
 
 /// How plugins are found and checked.
 #[derive(Debug, Clone, Default)]
@@ -154,45 +153,6 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher)?;
     Ok(hex::encode(hasher.finalize()))
-}
-
-/// Names of loaded plugins, indexed by the handle given to each in its host services.
-static LOG_HANDLES: RwLock<Vec<String>> = RwLock::new(Vec::new());
-
-extern "C" fn host_log(handle: u64, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
-    // A panic must not unwind into the plugin's frame.
-    let _ = std::panic::catch_unwind(|| {
-        let handles = LOG_HANDLES.read().unwrap_or_else(|e| e.into_inner());
-        let plugin = handles
-            .get(handle as usize)
-            .map(String::as_str)
-            .unwrap_or("?");
-        let (target, message) = (target.as_str(), message.as_str());
-        match level {
-            LogLevel::ERROR => {
-                tracing::error!(target: "plugin", plugin, plugin_target = target, "{message}")
-            }
-            LogLevel::WARN => {
-                tracing::warn!(target: "plugin", plugin, plugin_target = target, "{message}")
-            }
-            LogLevel::INFO => {
-                tracing::info!(target: "plugin", plugin, plugin_target = target, "{message}")
-            }
-            LogLevel::DEBUG => {
-                tracing::debug!(target: "plugin", plugin, plugin_target = target, "{message}")
-            }
-            _ => tracing::trace!(target: "plugin", plugin, plugin_target = target, "{message}"),
-        }
-    });
-}
-
-fn host_services_for(id: &str) -> HostServicesV1 {
-    let mut handles = LOG_HANDLES.write().unwrap_or_else(|e| e.into_inner());
-    handles.push(id.to_owned());
-    HostServicesV1 {
-        handle: (handles.len() - 1) as u64,
-        log: host_log,
-    }
 }
 
 /// Reduces abi_stable's multi-hundred-line layout report to one line: the type where the
@@ -348,19 +308,37 @@ fn load_mcp(settings: Arc<crate::mcp::McpSettings>, manifest: Manifest) -> Plugi
 fn open(manifest: Manifest, library: PathBuf, in_child: bool) -> Result<Plugin, LoadError> {
     let id = manifest.id.clone();
     let header = lib_header_from_path(&library).map_err(|e| library_error(&id, &library, e))?;
-    check_generation(&id, &library, header)?;
-    let module: PluginModV1Ref = header
-        .init_root_module::<PluginModV1Ref>()
-        .map_err(|e| library_error(&id, &library, e))?;
+    let generation = check_generation(&id, &library, header)?;
+    let lib_err = |e| library_error(&id, &library, e);
+    // The newest generation first; the header's version says which one the library is.
+    let (module, init): (LocalModule, Box<dyn FnOnce() -> _>) = if generation == ABI_GENERATION_V2 {
+        let m = header
+            .init_root_module::<PluginModV2Ref>()
+            .map_err(lib_err)?;
+        let services = crate::host_services::v2_for(&id);
+        (
+            LocalModule::from_v2(m),
+            Box::new(move || (m.init())(services)),
+        )
+    } else {
+        let m = header
+            .init_root_module::<PluginModV1Ref>()
+            .map_err(lib_err)?;
+        let services = crate::host_services::v1_for(&id);
+        (
+            LocalModule::from_v1(m),
+            Box::new(move || (m.init())(services)),
+        )
+    };
 
-    let info = info_from_ffi((module.info())());
+    let info = info_from_ffi((module.info)());
     let refuse = |reason: String| LoadError::Refused {
         id: id.clone(),
         library: library.clone(),
         reason,
     };
-    check_info(&manifest, &info, in_child).map_err(refuse)?;
-    if let Err(e) = (module.init())(host_services_for(&id)).into_result() {
+    check_info(&manifest, &info, generation, in_child).map_err(refuse)?;
+    if let Err(e) = init().into_result() {
         let e = plugin_api::PluginError::from_ffi(e);
         return Err(refuse(format!("init failed: {e}")));
     }
@@ -467,7 +445,7 @@ fn verify_hash(
 }
 
 /// The root module's name and ABI generation, read from its header before it is initialised.
-fn check_generation(id: &str, library: &Path, header: &LibHeader) -> Result<(), LoadError> {
+fn check_generation(id: &str, library: &Path, header: &LibHeader) -> Result<u32, LoadError> {
     let consts = header.root_mod_consts();
     if consts.name().as_str() != ROOT_MODULE_NAME {
         return Err(LoadError::Open {
@@ -488,7 +466,7 @@ fn check_generation(id: &str, library: &Path, header: &LibHeader) -> Result<(), 
         .unwrap_or_default();
     let generation: Option<u32> = major.parse().ok();
     match generation {
-        Some(g) if KNOWN_GENERATIONS.contains(&g) => {}
+        Some(g) if KNOWN_GENERATIONS.contains(&g) => return Ok(g),
         Some(g) if KNOWN_GENERATIONS.iter().all(|k| g > *k) => {
             return Err(LoadError::IncompatibleAbi {
                 id: id.to_owned(),
@@ -510,21 +488,25 @@ fn check_generation(id: &str, library: &Path, header: &LibHeader) -> Result<(), 
             });
         }
     }
-    Ok(())
 }
 
 /// What the library says about itself against what the manifest declares; `Err` is the reason
 /// it is refused.
-fn check_info(manifest: &Manifest, info: &PluginInfo, in_child: bool) -> Result<(), String> {
+fn check_info(
+    manifest: &Manifest,
+    info: &PluginInfo,
+    generation: u32,
+    in_child: bool,
+) -> Result<(), String> {
     if !info.panic_unwind && !in_child {
         return Err(
             "built with panic = \"abort\": a panic in it would end the host; build it with panic = \"unwind\" (the default), or run it with isolation = \"process\""
                 .into(),
         );
     }
-    if info.abi_generation != ABI_GENERATION_V1 {
+    if info.abi_generation != generation {
         return Err(format!(
-            "its info claims ABI generation {} but its root module is generation {ABI_GENERATION_V1}",
+            "its info claims ABI generation {} but its root module is generation {generation}",
             info.abi_generation
         ));
     }

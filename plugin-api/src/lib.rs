@@ -65,6 +65,7 @@
 //! log, with the plugin's id, once the host has initialised the plugin.
 
 pub mod abi;
+pub mod abi_v2;
 pub mod sdk;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -265,7 +266,7 @@ macro_rules! __export_plugin {
             }
 
             extern "C" fn __grip_init(
-                host: $crate::abi::HostServicesV1,
+                host: $crate::abi_v2::HostServicesV2,
             ) -> $crate::abi_stable::std_types::RResult<(), $crate::abi::PluginErrorFfi> {
                 $crate::sdk::ffi::init(host)
             }
@@ -300,9 +301,9 @@ macro_rules! __export_plugin {
                 $crate::sdk::ffi::absent_kind("event listener")
             }
 
-            fn __grip_root_module() -> $crate::abi::PluginModV1Ref {
+            fn __grip_root_module() -> $crate::abi_v2::PluginModV2Ref {
                 use $crate::sdk::ffi::PrefixTypeTrait as _;
-                $crate::abi::PluginModV1 {
+                $crate::abi_v2::PluginModV2 {
                     info: __grip_info,
                     init: __grip_init,
                     new_driver: __grip_new_driver,
@@ -320,7 +321,7 @@ macro_rules! __export_plugin {
             #[unsafe(no_mangle)]
             #[allow(non_upper_case_globals)]
             pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::abi_stable::library::LibHeader =
-                $crate::sdk::ffi::lib_header_v1(__grip_root_module_loader);
+                $crate::sdk::ffi::lib_header_v2(__grip_root_module_loader);
         };
     };
 }

@@ -613,3 +613,32 @@ mod tests {
         assert_eq!(serde_json::from_value::<Event>(v).unwrap(), retry);
     }
 }
+
+/// The head of an HTTP request a generation-2 plugin sends through the host (see
+/// [`crate::abi_v2::HostServicesV2::http`]); the body travels beside it as bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequestHead {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The absolute http(s) URL.
+    pub url: String,
+    /// Header names and values, in order (a name may repeat).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Whole exchange, from sending to the body's last byte; none: the host's default.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// TCP (and TLS) connect timeout; none: the host's default.
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+}
+
+/// The head of the host's HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpResponseHead {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lower case) and values, in order.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}

@@ -374,7 +374,7 @@ fn plugins_check_fails_broken_plugins_and_says_which_entry_point() {
     assert!(report.contains("no answer within 0.3 s"), "{report}");
 
     // Refused at load: one line saying why, and nothing is called.
-    let m = ManifestSpec::named("generation-two", "generation_two")
+    let m = ManifestSpec::named("generation-three", "generation_three")
         .kind("prompt_driver", &["sync"])
         .write(dir.path(), "g2.toml");
     let (ok, report) = run(&m, &[]);

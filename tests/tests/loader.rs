@@ -294,11 +294,11 @@ fn a_library_with_an_incompatible_abi_is_refused_in_one_line() {
 #[test]
 fn a_plugin_for_a_newer_abi_generation_is_refused_in_one_line() {
     let a = artifacts();
-    let spec = ManifestSpec::named("gen2", "generation_two").kind("tool", &["sync"]);
+    let spec = ManifestSpec::named("gen3", "generation_three").kind("tool", &["sync"]);
     let e = refusal(&spec, &a.options());
     let s = one_line(&e);
     assert!(
-        s.contains("ABI generation 2, newer than this host knows (1)"),
+        s.contains("ABI generation 3, newer than this host knows (2, 1)"),
         "{s}"
     );
 }

@@ -27,6 +27,7 @@
 //! a plugin lacking a needed capability, 429 overload (with `Retry-After`), 502/504 upstream
 //! failures and timeouts.
 
+mod coarse_timer;
 pub mod config;
 mod conn;
 pub mod guard;

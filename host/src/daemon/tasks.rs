@@ -821,7 +821,8 @@ async fn run_to_end(
     };
     let stop = async {
         tokio::select! {
-            () = tokio::time::sleep(timeout) => StopReason::TimedOut {
+            // Coarse: a task timeout is armed for every task and almost never fires.
+            () = super::coarse_timer::sleep(timeout) => StopReason::TimedOut {
                 after_ms: timeout.as_millis() as u64,
             },
             _ = client_gone => StopReason::ClientGone,

@@ -126,7 +126,7 @@ impl Stream for DriverStream {
 pub struct ToolHandle {
     pub(super) plugin: Plugin,
     pub(super) spec: Arc<ToolSpec>,
-    pub(super) validators: Arc<std::collections::HashMap<String, Arc<jsonschema::Validator>>>,
+    pub(super) validators: super::Validators,
     pub(super) inner: Raw,
 }
 

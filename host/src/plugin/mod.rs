@@ -11,8 +11,12 @@ mod raw;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use plugin_api::abi::{Capabilities, PluginModV1Ref};
-use plugin_api::abi_stable::std_types::RResult;
+use plugin_api::abi::{
+    Capabilities, ListenerBox, PluginErrorFfi, PluginInfoFfi, PluginModV1Ref, PromptDriverBox,
+    ToolBox,
+};
+use plugin_api::abi_stable::std_types::{RResult, RStr};
+use plugin_api::abi_v2::PluginModV2Ref;
 use plugin_api::wire::{EventKind, ToolSpec};
 use plugin_api::{ErrorKind, PluginError};
 use serde::Serialize;
@@ -59,12 +63,57 @@ struct PluginInner {
     info: PluginInfo,
     library: PathBuf,
     backend: Backend,
+    /// Tool specs already parsed, with their compiled validators (see [`Plugin::new_tool`]).
+    tool_specs: std::sync::Mutex<Vec<CompiledSpec>>,
+}
+
+/// The activities' argument validators, by activity name.
+type Validators = Arc<std::collections::HashMap<String, Arc<jsonschema::Validator>>>;
+
+/// A tool spec as its instance sent it, parsed, with its validators compiled.
+struct CompiledSpec {
+    json: String,
+    spec: Arc<ToolSpec>,
+    validators: Validators,
+}
+
+/// How many distinct specs of one tool plugin are kept (overrides can change a spec).
+const MAX_COMPILED_SPECS: usize = 8;
+
+/// A plugin loaded into this process: its root module's entry points, which are the same in
+/// every ABI generation (only `init` and the host services it takes differ).
+#[derive(Clone, Copy)]
+pub(crate) struct LocalModule {
+    pub(crate) info: extern "C" fn() -> PluginInfoFfi,
+    new_driver: extern "C" fn(RStr<'_>) -> RResult<PromptDriverBox, PluginErrorFfi>,
+    new_tool: extern "C" fn(RStr<'_>) -> RResult<ToolBox, PluginErrorFfi>,
+    new_listener: extern "C" fn(RStr<'_>) -> RResult<ListenerBox, PluginErrorFfi>,
+}
+
+impl LocalModule {
+    pub(crate) fn from_v1(m: PluginModV1Ref) -> Self {
+        Self {
+            info: m.info(),
+            new_driver: m.new_driver(),
+            new_tool: m.new_tool(),
+            new_listener: m.new_listener(),
+        }
+    }
+
+    pub(crate) fn from_v2(m: PluginModV2Ref) -> Self {
+        Self {
+            info: m.info(),
+            new_driver: m.new_driver(),
+            new_tool: m.new_tool(),
+            new_listener: m.new_listener(),
+        }
+    }
 }
 
 /// Where the plugin's code runs.
 pub(crate) enum Backend {
     /// Loaded into this process.
-    Local(PluginModV1Ref),
+    Local(LocalModule),
     /// In a supervised child process.
     Process(Arc<Supervisor>),
     /// An MCP server.
@@ -165,6 +214,7 @@ impl Plugin {
                 info,
                 library,
                 backend,
+                tool_specs: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -231,16 +281,16 @@ impl Plugin {
         let c = config.as_str().into();
         Ok(match kind {
             Kind::PromptDriver => {
-                let d = to_call_error(id, op, (module.new_driver())(c))?;
+                let d = to_call_error(id, op, (module.new_driver)(c))?;
                 (Raw::Driver(Arc::new(d)), None)
             }
             Kind::Tool => {
-                let t = to_call_error(id, op, (module.new_tool())(c))?;
+                let t = to_call_error(id, op, (module.new_tool)(c))?;
                 let spec = to_call_error(id, "spec", t.spec())?.into_string();
                 (Raw::Tool(Arc::new(t)), Some(spec))
             }
             Kind::EventListener => {
-                let l = to_call_error(id, op, (module.new_listener())(c))?;
+                let l = to_call_error(id, op, (module.new_listener)(c))?;
                 (Raw::Listener(Arc::new(l)), None)
             }
         })
@@ -347,7 +397,27 @@ impl Plugin {
     /// When the plugin is not a tool, rejects the config, or returns a bad spec.
     pub fn new_tool(&self, overrides: Option<&serde_json::Value>) -> Result<ToolHandle, CallError> {
         let (inner, spec_json) = self.instance(Kind::Tool, "new_tool", overrides)?;
-        let spec: ToolSpec = decode(self.id(), "spec", spec_json.as_deref().unwrap_or(""))?;
+        let (spec, validators) = self.compiled_spec(spec_json.unwrap_or_default())?;
+        Ok(ToolHandle {
+            plugin: self.clone(),
+            spec,
+            validators,
+            inner,
+        })
+    }
+
+    /// The parsed spec and compiled validators for a tool instance's spec JSON. Daemons make a
+    /// tool instance per task, and compiling its JSON Schemas was the largest part of that, so
+    /// a spec seen before (byte for byte) reuses what was compiled for it.
+    fn compiled_spec(&self, json: String) -> Result<(Arc<ToolSpec>, Validators), CallError> {
+        let cache = &self.inner.tool_specs;
+        if let Some(c) = crate::isolation::lock(cache)
+            .iter()
+            .find(|c| c.json == json)
+        {
+            return Ok((Arc::clone(&c.spec), Arc::clone(&c.validators)));
+        }
+        let spec: ToolSpec = decode(self.id(), "spec", &json)?;
         if spec.activities.is_empty() {
             return Err(CallError::host(
                 self.id(),
@@ -356,7 +426,7 @@ impl Plugin {
                 "tool spec has no activities",
             ));
         }
-        // Compiled once per tool instance: every call's arguments are checked against them.
+        // Every call's arguments are checked against these.
         let mut validators = std::collections::HashMap::new();
         for a in &spec.activities {
             let v = jsonschema::validator_for(&a.parameters).map_err(|e| {
@@ -369,12 +439,17 @@ impl Plugin {
             })?;
             validators.insert(a.name.clone(), Arc::new(v));
         }
-        Ok(ToolHandle {
-            plugin: self.clone(),
-            spec: Arc::new(spec),
-            validators: Arc::new(validators),
-            inner,
-        })
+        let (spec, validators) = (Arc::new(spec), Arc::new(validators));
+        let mut cache = crate::isolation::lock(cache);
+        if cache.len() >= MAX_COMPILED_SPECS {
+            cache.remove(0);
+        }
+        cache.push(CompiledSpec {
+            json,
+            spec: Arc::clone(&spec),
+            validators: Arc::clone(&validators),
+        });
+        Ok((spec, validators))
     }
 
     /// Makes an event listener driver, with `overrides` merged over the manifest's config.

@@ -3,31 +3,50 @@
 //! The plugin has its own copy of `tracing` with its own global dispatcher; at init the SDK
 //! installs a subscriber whose only job is to format each event and hand it to the host's log
 //! service, which re-emits it in the host's `tracing` with the plugin's id attached.
+//!
+//! A generation-2 host says the most verbose level it records; records below it are never
+//! formatted (`tracing` skips their call sites altogether), which matters because the plugin's
+//! own copies of hyper and reqwest emit debug and trace records on every request.
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 
-use crate::abi::{HostServicesV1, LogLevel};
+use abi_stable::std_types::RStr;
 
-static HOST: OnceLock<HostServicesV1> = OnceLock::new();
+use crate::abi::LogLevel;
 
-/// Stores the host services and installs the forwarding subscriber. Idempotent.
-pub(crate) fn install(host: HostServicesV1) {
-    if HOST.set(host).is_ok() {
-        let _ =
-            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(HostLayer));
+type LogFn = extern "C" fn(u64, LogLevel, RStr<'_>, RStr<'_>);
+
+static HOST: OnceLock<(u64, LogFn)> = OnceLock::new();
+
+/// Stores the host's log service and installs the forwarding subscriber, which passes records
+/// up to `max` (`LogLevel(0)`: none). Idempotent.
+pub(crate) fn install(handle: u64, log: LogFn, max: LogLevel) {
+    if HOST.set((handle, log)).is_ok() {
+        let filter = match max {
+            LogLevel::ERROR => LevelFilter::ERROR,
+            LogLevel::WARN => LevelFilter::WARN,
+            LogLevel::INFO => LevelFilter::INFO,
+            LogLevel::DEBUG => LevelFilter::DEBUG,
+            LogLevel::TRACE => LevelFilter::TRACE,
+            _ => LevelFilter::OFF,
+        };
+        let _ = tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(HostLayer.with_filter(filter)),
+        );
     }
 }
 
 /// Sends one record to the host, if the host has called init.
 pub(crate) fn log(level: LogLevel, target: &str, message: &str) {
-    if let Some(host) = HOST.get() {
-        (host.log)(host.handle, level, target.into(), message.into());
+    if let Some((handle, log)) = HOST.get() {
+        log(*handle, level, target.into(), message.into());
     }
 }
 

@@ -34,6 +34,7 @@
 pub mod activity;
 #[doc(hidden)]
 pub mod ffi;
+pub mod http;
 mod logging;
 mod panic;
 mod runtime;

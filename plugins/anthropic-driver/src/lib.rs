@@ -36,9 +36,9 @@ mod wire;
 
 use std::sync::Arc;
 
+use driver_http::Request;
 use driver_http::{Classify, Endpoint, HttpConfig};
 use plugin_api::prelude::*;
-use reqwest::RequestBuilder;
 use serde::Deserialize;
 
 /// The driver's configuration.
@@ -134,9 +134,9 @@ pub struct AnthropicDriver {
 
 impl AnthropicDriver {
     /// One request: the body with the key, the vendor's headers and the host's trace context.
-    fn build(&self, body: &serde_json::Value, traceparent: Option<&str>) -> RequestBuilder {
+    fn build(&self, body: &serde_json::Value, traceparent: Option<&str>) -> Request {
         let mut rb = driver_http::with_traceparent(self.endpoint.post(body), traceparent)
-            .header("anthropic-version", &self.config.api_version);
+            .header("anthropic-version", self.config.api_version.as_str());
         if !self.config.beta.is_empty() {
             rb = rb.header("anthropic-beta", self.config.beta.join(","));
         }

@@ -3,19 +3,22 @@
 //! keeps only its own wire format.
 //!
 //! Everything here runs inside the plugin's tokio runtime (the SDK enters it on every poll),
-//! so back-off waits are timers, never blocked threads.
+//! so back-off waits are timers, never blocked threads. Requests themselves go through the
+//! host's HTTP service when the host offers one (see [`transport`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use plugin_api::{DeltaStream, ErrorKind, PluginError};
 use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{RequestBuilder, Response, StatusCode};
+use reqwest::StatusCode;
+use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 mod stream;
+pub mod transport;
 pub use stream::{SseDecoder, SseEvent, decode_stream, sse_events};
+pub use transport::{Request, Response, Transport};
 
 /// Timeouts, retries and extra headers, shared by every remote driver's config.
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +160,14 @@ impl HttpConfig {
                 )));
             }
         }
+        for (k, v) in &self.headers {
+            HeaderName::from_bytes(k.as_bytes()).map_err(|e| {
+                PluginError::config(format!("headers: invalid header name `{k}`: {e}"))
+            })?;
+            HeaderValue::from_str(v).map_err(|e| {
+                PluginError::config(format!("headers: invalid value for `{k}`: {e}"))
+            })?;
+        }
         Ok(())
     }
 }
@@ -174,28 +185,24 @@ impl RetryPolicy {
     }
 }
 
-/// The client for `config`: one per distinct connect timeout and header set in the process,
-/// shared by every driver instance that asks for it, so instances made per task (as the daemon
-/// does) reuse connections and TLS setup instead of building a client each time.
+/// The plugin's own client for `config` (used only where no host offers HTTP): one per distinct
+/// connect timeout in the process, shared by every driver instance that asks for it, so
+/// instances made per task reuse connections and TLS setup. Headers go on each request.
 ///
 /// # Errors
-/// A config error for an invalid header name or value, or a client that cannot be built.
+/// A client that cannot be built.
 pub fn client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
-    let key = (
-        config.connect_timeout_ms,
-        config
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<Vec<_>>(),
-    );
+    let key = config.connect_timeout_ms;
     let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(c) = clients.get(&key) {
         return Ok(c.clone());
     }
-    let c = build_client(config)?;
-    // Bounded: where an operator lets requests set headers, each request could bring a new
-    // set. An evicted set costs a client build the next time it is asked for, nothing more.
+    let c = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .build()
+        .map_err(|e| PluginError::config(format!("cannot build the HTTP client: {e}")))?;
+    // Bounded: where an operator lets requests set timeouts, each request could bring a new
+    // one. An evicted one costs a client build the next time it is asked for, nothing more.
     while clients.len() >= MAX_CACHED_CLIENTS {
         clients.pop_first();
     }
@@ -206,26 +213,20 @@ pub fn client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
 /// How many distinct clients [`client`] keeps.
 const MAX_CACHED_CLIENTS: usize = 32;
 
-/// Connect timeout and headers: what a client is built from.
-type ClientKey = (u64, Vec<(String, String)>);
-
-static CLIENTS: std::sync::LazyLock<std::sync::Mutex<BTreeMap<ClientKey, reqwest::Client>>> =
+static CLIENTS: std::sync::LazyLock<std::sync::Mutex<BTreeMap<u64, reqwest::Client>>> =
     std::sync::LazyLock::new(Default::default);
 
-fn build_client(config: &HttpConfig) -> Result<reqwest::Client, PluginError> {
-    let mut headers = HeaderMap::new();
-    for (k, v) in &config.headers {
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|e| PluginError::config(format!("headers: invalid header name `{k}`: {e}")))?;
-        let value = HeaderValue::from_str(v)
-            .map_err(|e| PluginError::config(format!("headers: invalid value for `{k}`: {e}")))?;
-        headers.insert(name, value);
+/// A JSON POST of `body` to `url` with `http`'s headers and timeouts.
+pub fn json_post(url: &str, body: &serde_json::Value, http: &HttpConfig) -> Request {
+    let mut rb = Request::new("POST", url)
+        .header("content-type", "application/json")
+        .timeout(Duration::from_millis(http.request_timeout_ms))
+        .connect_timeout(Duration::from_millis(http.connect_timeout_ms))
+        .body(serde_json::to_vec(body).unwrap_or_default());
+    for (k, v) in &http.headers {
+        rb = rb.header(k.clone(), v.clone());
     }
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-        .default_headers(headers)
-        .build()
-        .map_err(|e| PluginError::config(format!("cannot build the HTTP client: {e}")))
+    rb
 }
 
 /// A response's informational string (its id, the model that answered), whatever the server
@@ -239,7 +240,7 @@ pub fn nonempty_str(v: Option<serde_json::Value>) -> Option<String> {
 
 /// The W3C `traceparent` of the host's prompt span on `rb`, when the host sent one, so the
 /// upstream's own spans join the task's trace.
-pub fn with_traceparent(rb: RequestBuilder, traceparent: Option<&str>) -> RequestBuilder {
+pub fn with_traceparent(rb: Request, traceparent: Option<&str>) -> Request {
     match traceparent {
         Some(tp) => rb.header("traceparent", tp),
         None => rb,
@@ -307,20 +308,13 @@ pub fn snippet(text: &str, max: usize) -> String {
 /// some gateways) when present, else `Retry-After` (seconds or an HTTP date).
 fn retry_after(resp: &Response) -> Option<Duration> {
     let ms = resp
-        .headers()
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
+        .header("retry-after-ms")
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|ms| ms.is_finite() && *ms >= 0.0);
     if let Some(ms) = ms {
         return Some(Duration::from_secs_f64(ms / 1000.0));
     }
-    let v = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
+    let v = resp.header("retry-after")?.trim();
     if let Ok(secs) = v.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
@@ -352,7 +346,7 @@ fn status_kind(status: StatusCode) -> ErrorKind {
     }
 }
 
-fn send_error(e: &reqwest::Error, url: &str) -> PluginError {
+pub(crate) fn send_error(e: &reqwest::Error, url: &str) -> PluginError {
     let what = if e.is_timeout() {
         return PluginError::new(ErrorKind::Timeout, format!("request to {url} timed out"))
             .retryable();
@@ -398,30 +392,32 @@ pub fn with_key_hint(mut e: PluginError, key_env: &str) -> PluginError {
 /// # Errors
 /// The last attempt's error, saying how many attempts were made.
 pub async fn send_with_retry(
-    build: impl Fn() -> RequestBuilder,
+    transport: &Transport,
+    build: impl Fn() -> Request,
     url: &str,
     policy: &RetryPolicy,
     classify: &impl Classify,
 ) -> Result<Response, PluginError> {
-    send_counting(&build, url, policy, classify, &mut 0).await
+    send_counting(transport, &build, url, policy, classify, &mut 0).await
 }
 
 /// [`send_with_retry`] with the count of retries already spent on this call (a restarted
 /// stream's), advanced by each retry made here.
 pub(crate) async fn send_counting(
-    build: &impl Fn() -> RequestBuilder,
+    transport: &Transport,
+    build: &impl Fn() -> Request,
     url: &str,
     policy: &RetryPolicy,
     classify: &impl Classify,
     retries: &mut u32,
 ) -> Result<Response, PluginError> {
     loop {
-        let (error, wait) = match build().send().await {
+        let (error, wait) = match transport.send(build(), url).await {
             Ok(resp) if resp.status().is_success() => return Ok(resp),
             Ok(resp) => {
                 let status = resp.status();
                 let after = retry_after(&resp);
-                let body = resp.text().await.unwrap_or_default();
+                let body = resp.text(url).await.unwrap_or_default();
                 let mut e = PluginError::new(
                     status_kind(status),
                     format!(
@@ -438,7 +434,7 @@ pub(crate) async fn send_counting(
                 e.retryable = classify.retryable_status(status) && !quota;
                 (e, after)
             }
-            Err(err) => (send_error(&err, url), None),
+            Err(err) => (err, None),
         };
         if !error.retryable || *retries >= policy.max_retries {
             return Err(exhausted(error, *retries + 1));
@@ -490,7 +486,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     resp: Response,
     url: &str,
 ) -> Result<T, PluginError> {
-    let text = resp.text().await.map_err(|e| send_error(&e, url))?;
+    let text = resp.text(url).await?;
     serde_json::from_str(&text).map_err(|e| {
         PluginError::upstream(format!(
             "malformed JSON from {url} ({e}): {}",
@@ -505,8 +501,8 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
 pub struct Endpoint {
     /// The full URL requests are posted to.
     pub url: String,
-    /// The shared client (see [`client`]).
-    pub client: reqwest::Client,
+    /// Where requests go (the host's HTTP service, or a client of the plugin's own).
+    pub transport: Transport,
     /// Timeouts, retries, extra headers.
     pub http: HttpConfig,
     /// The environment variable holding the API key.
@@ -533,18 +529,15 @@ impl Endpoint {
         }
         Ok(Self {
             url: format!("{base}{path}"),
-            client: client(http)?,
+            transport: Transport::for_config(http)?,
             http: http.clone(),
             key_env: key_env.to_owned(),
         })
     }
 
-    /// A POST of `body` as JSON, with the request timeout.
-    pub fn post(&self, body: &serde_json::Value) -> RequestBuilder {
-        self.client
-            .post(&self.url)
-            .timeout(Duration::from_millis(self.http.request_timeout_ms))
-            .json(body)
+    /// A POST of `body` as JSON, with the configured headers and timeouts.
+    pub fn post(&self, body: &serde_json::Value) -> Request {
+        json_post(&self.url, body, &self.http)
     }
 
     /// The API key, read at each request so a rotated key is picked up; `None` when the
@@ -562,19 +555,25 @@ impl Endpoint {
     /// The last attempt's error.
     pub async fn send(
         &self,
-        build: impl Fn() -> RequestBuilder,
+        build: impl Fn() -> Request,
         classify: &impl Classify,
     ) -> Result<Response, PluginError> {
-        send_with_retry(build, &self.url, &self.http.retry, classify)
-            .await
-            .map_err(|e| with_key_hint(e, &self.key_env))
+        send_with_retry(
+            &self.transport,
+            build,
+            &self.url,
+            &self.http.retry,
+            classify,
+        )
+        .await
+        .map_err(|e| with_key_hint(e, &self.key_env))
     }
 
     /// A lazily sent streaming request, decoded by `decoder`, each event awaited with the idle
     /// timeout, restarted after a cut within the retry budget (see [`stream::restarting`]).
     pub fn stream<D: SseDecoder>(
         &self,
-        build: impl Fn() -> RequestBuilder + Send + Sync + 'static,
+        build: impl Fn() -> Request + Send + Sync + 'static,
         classify: impl Classify + Send + Sync + 'static,
         decoder: D,
     ) -> DeltaStream {
@@ -599,10 +598,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_client_cache_is_bounded_whatever_headers_requests_bring() {
+    fn the_client_cache_is_bounded_whatever_timeouts_requests_bring() {
         for i in 0..MAX_CACHED_CLIENTS * 3 {
-            let mut config = HttpConfig::default();
-            config.headers.insert(format!("x-request-{i}"), "v".into());
+            let config = HttpConfig {
+                connect_timeout_ms: 1000 + i as u64,
+                ..HttpConfig::default()
+            };
             assert!(client(&config).is_ok());
         }
         let cached = CLIENTS.lock().map(|c| c.len()).unwrap_or(usize::MAX);

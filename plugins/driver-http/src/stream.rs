@@ -3,14 +3,12 @@
 
 use std::time::Duration;
 
+use crate::{Classify, Endpoint, Request, Response, exhausted, send_counting, with_key_hint};
 use eventsource_stream::Eventsource;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use plugin_api::wire::StreamDelta;
 use plugin_api::{DeltaStream, ErrorKind, PluginError};
-use reqwest::{RequestBuilder, Response};
-
-use crate::{Classify, Endpoint, exhausted, send_counting, with_key_hint};
 
 /// One server-sent event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +28,7 @@ pub fn sse_events(
     idle: Duration,
 ) -> impl Stream<Item = Result<SseEvent, PluginError>> + Send + use<> {
     let url = url.to_owned();
-    let events = Box::pin(resp.bytes_stream().eventsource());
+    let events = Box::pin(resp.chunks().eventsource());
     futures::stream::unfold(Some(events), move |state| {
         let url = url.clone();
         async move {
@@ -68,48 +66,41 @@ pub(crate) async fn expect_event_stream(
     url: &str,
     classify: &impl Classify,
 ) -> Result<Response, PluginError> {
-    let content_type = resp
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let content_type = resp.header("content-type").unwrap_or("").to_owned();
     let essence = content_type.split(';').next().unwrap_or("").trim();
     if essence.is_empty() || essence.eq_ignore_ascii_case("text/event-stream") {
         return Ok(resp);
     }
-    let body = resp.text().await.unwrap_or_default();
+    let body = resp.text(url).await.unwrap_or_default();
     Err(PluginError::upstream(format!(
         "expected an event stream from {url}, got `{content_type}`: {}",
         classify.error_message(&body)
     )))
 }
 
-/// A transport error while a stream was being read: a timeout (the whole-request timeout
-/// firing mid-stream) is a timeout, wherever in the error's source chain it is.
+/// A failure while a stream was being read: a timeout (the whole-request timeout firing
+/// mid-stream; the transport classified it) is a timeout, anything else a dropped connection.
 fn mid_stream_error(
-    e: &eventsource_stream::EventStreamError<reqwest::Error>,
+    e: &eventsource_stream::EventStreamError<PluginError>,
     url: &str,
 ) -> PluginError {
-    let mut timed_out =
-        matches!(e, eventsource_stream::EventStreamError::Transport(t) if t.is_timeout());
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        timed_out |= s
-            .downcast_ref::<reqwest::Error>()
-            .is_some_and(reqwest::Error::is_timeout)
-            || s.to_string().contains("timed out");
-        source = s.source();
-    }
-    if timed_out {
-        PluginError::new(
-            ErrorKind::Timeout,
-            format!("the request to {url} timed out mid-stream"),
-        )
-        .retryable()
-    } else {
-        PluginError::upstream(format!("the connection to {url} dropped mid-stream: {e}"))
+    match e {
+        eventsource_stream::EventStreamError::Transport(t) if t.kind == ErrorKind::Timeout => {
+            PluginError::new(
+                ErrorKind::Timeout,
+                format!("the request to {url} timed out mid-stream"),
+            )
             .retryable()
+        }
+        eventsource_stream::EventStreamError::Transport(t) => PluginError::upstream(format!(
+            "the connection to {url} dropped mid-stream: {}",
+            t.message
+        ))
+        .retryable(),
+        other => PluginError::upstream(format!(
+            "the connection to {url} dropped mid-stream: {other}"
+        ))
+        .retryable(),
     }
 }
 
@@ -186,7 +177,7 @@ struct Attempts<B, C, D> {
 
 impl<B, C, D> Attempts<B, C, D>
 where
-    B: Fn() -> RequestBuilder + Send + Sync + 'static,
+    B: Fn() -> Request + Send + Sync + 'static,
     C: Classify + Send + Sync + 'static,
     D: SseDecoder,
 {
@@ -199,6 +190,7 @@ where
         }
         let ep = &self.endpoint;
         let resp = send_counting(
+            &ep.transport,
             &self.build,
             &ep.url,
             &ep.http.retry,
@@ -253,7 +245,7 @@ pub(crate) fn restarting<B, C, D>(
     decoder: D,
 ) -> DeltaStream
 where
-    B: Fn() -> RequestBuilder + Send + Sync + 'static,
+    B: Fn() -> Request + Send + Sync + 'static,
     C: Classify + Send + Sync + 'static,
     D: SseDecoder,
 {

@@ -33,9 +33,9 @@ mod wire;
 
 use std::sync::Arc;
 
+use driver_http::Request;
 use driver_http::{DefaultClassify, Endpoint, HttpConfig};
 use plugin_api::prelude::*;
-use reqwest::RequestBuilder;
 use serde::Deserialize;
 
 /// The driver's configuration.
@@ -88,16 +88,16 @@ pub struct OpenAiDriver {
 
 impl OpenAiDriver {
     /// One request: the body with the key, the vendor's headers and the host's trace context.
-    fn build(&self, body: &serde_json::Value, traceparent: Option<&str>) -> RequestBuilder {
+    fn build(&self, body: &serde_json::Value, traceparent: Option<&str>) -> Request {
         let mut rb = driver_http::with_traceparent(self.endpoint.post(body), traceparent);
         if let Some(key) = self.endpoint.api_key() {
-            rb = rb.bearer_auth(key);
+            rb = rb.header("authorization", format!("Bearer {key}"));
         }
         if let Some(org) = &self.config.organization {
-            rb = rb.header("OpenAI-Organization", org);
+            rb = rb.header("OpenAI-Organization", org.as_str());
         }
         if let Some(project) = &self.config.project {
-            rb = rb.header("OpenAI-Project", project);
+            rb = rb.header("OpenAI-Project", project.as_str());
         }
         rb
     }

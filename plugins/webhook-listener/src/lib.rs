@@ -84,7 +84,7 @@ pub struct Webhook {
 async fn worker(
     mut rx: mpsc::Receiver<Msg>,
     config: Config,
-    client: reqwest::Client,
+    transport: driver_http::Transport,
     counters: Arc<Counters>,
 ) {
     let delay = Duration::from_millis(config.max_delay_ms);
@@ -124,12 +124,8 @@ async fn worker(
             );
             let url = config.url.as_str();
             let result = send_with_retry(
-                || {
-                    client
-                        .post(url)
-                        .timeout(Duration::from_millis(config.http.request_timeout_ms))
-                        .json(&body)
-                },
+                &transport,
+                || driver_http::json_post(url, &body, &config.http),
                 url,
                 &config.http.retry,
                 &DefaultClassify,
@@ -225,13 +221,14 @@ impl EventListenerDriver for Webhook {
                 "`batch_size` and `queue_size` must be at least 1",
             ));
         }
-        let client = driver_http::client(&config.http)?;
+        config.http.check()?;
+        let transport = driver_http::Transport::for_config(&config.http)?;
         let (tx, rx) = mpsc::channel(config.queue_size);
         let counters = Arc::new(Counters::default());
         let url = config.url.clone();
         let flush_timeout = Duration::from_millis(config.flush_timeout_ms);
         // `new` runs inside the plugin's runtime (the SDK enters it), so the worker lives there.
-        tokio::spawn(worker(rx, config, client, Arc::clone(&counters)));
+        tokio::spawn(worker(rx, config, transport, Arc::clone(&counters)));
         Ok(Self {
             tx,
             counters,

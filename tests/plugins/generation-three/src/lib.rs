@@ -1,4 +1,4 @@
-//! A plugin for a future ABI generation (root-module version 2.0.0): the host must refuse it
+//! A plugin for a future ABI generation (root-module version 3.0.0): the host must refuse it
 //! with a one-line reason before looking at its layout.
 
 use abi_stable::{
@@ -8,25 +8,25 @@ use abi_stable::{
 
 #[repr(C)]
 #[derive(StableAbi)]
-#[sabi(kind(Prefix(prefix_ref = PluginModV2Ref)))]
-pub struct PluginModV2 {
+#[sabi(kind(Prefix(prefix_ref = PluginModV3Ref)))]
+pub struct PluginModV3 {
     #[sabi(last_prefix_field)]
     pub generation: extern "C" fn() -> u32,
 }
 
-impl RootModule for PluginModV2Ref {
-    declare_root_module_statics! {PluginModV2Ref}
+impl RootModule for PluginModV3Ref {
+    declare_root_module_statics! {PluginModV3Ref}
     const BASE_NAME: &'static str = "grip_plugin";
     const NAME: &'static str = "grip_plugin";
-    const VERSION_STRINGS: VersionStrings = VersionStrings::new("2.0.0");
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new("3.0.0");
 }
 
 #[sabi_extern_fn]
 fn generation() -> u32 {
-    2
+    3
 }
 
 #[export_root_module]
-pub fn root() -> PluginModV2Ref {
-    PluginModV2 { generation }.leak_into_prefix()
+pub fn root() -> PluginModV3Ref {
+    PluginModV3 { generation }.leak_into_prefix()
 }
