@@ -466,27 +466,23 @@ fn check_generation(id: &str, library: &Path, header: &LibHeader) -> Result<u32,
         .unwrap_or_default();
     let generation: Option<u32> = major.parse().ok();
     match generation {
-        Some(g) if KNOWN_GENERATIONS.contains(&g) => return Ok(g),
-        Some(g) if KNOWN_GENERATIONS.iter().all(|k| g > *k) => {
-            return Err(LoadError::IncompatibleAbi {
-                id: id.to_owned(),
-                library: library.to_owned(),
-                detail: format!(
-                    "built for ABI generation {g}, newer than this host knows ({}); upgrade the host",
-                    known_generations()
-                ),
-            });
-        }
-        _ => {
-            return Err(LoadError::IncompatibleAbi {
-                id: id.to_owned(),
-                library: library.to_owned(),
-                detail: format!(
-                    "unknown ABI generation `{major}` (this host knows {})",
-                    known_generations()
-                ),
-            });
-        }
+        Some(g) if KNOWN_GENERATIONS.contains(&g) => Ok(g),
+        Some(g) if KNOWN_GENERATIONS.iter().all(|k| g > *k) => Err(LoadError::IncompatibleAbi {
+            id: id.to_owned(),
+            library: library.to_owned(),
+            detail: format!(
+                "built for ABI generation {g}, newer than this host knows ({}); upgrade the host",
+                known_generations()
+            ),
+        }),
+        _ => Err(LoadError::IncompatibleAbi {
+            id: id.to_owned(),
+            library: library.to_owned(),
+            detail: format!(
+                "unknown ABI generation `{major}` (this host knows {})",
+                known_generations()
+            ),
+        }),
     }
 }
 

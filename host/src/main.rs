@@ -10,6 +10,14 @@ use std::sync::Arc;
 
 mod remote_run;
 
+/// mimalloc for the host's own allocations: a task allocates a few hundred small values (JSON,
+/// strings, events), and glibc's malloc and free were 12% of the daemon's instructions per task
+/// (callgrind, BENCHMARKS.md "Host cost"). Plugins keep their own allocator: every value that
+/// crosses the boundary is freed by the side that made it (abi_stable's types carry their
+/// deallocator).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use host::daemon::{self, DaemonConfig};
 use host::models::HostConfig;
 use host::spec::{self, BuiltTask, PathChoice, Permissive, TaskSpec};

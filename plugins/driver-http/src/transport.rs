@@ -147,7 +147,8 @@ impl Response {
                 while let Some(chunk) = body.next().await {
                     out.extend_from_slice(&chunk.map_err(|e| host_error(e, url))?);
                 }
-                Ok(String::from_utf8_lossy(&out).into_owned())
+                Ok(String::from_utf8(out)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
             }
         }
     }
