@@ -34,6 +34,14 @@ enum Body {
     Own(reqwest::Response),
 }
 
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A body as chunks; errors are classified (`Timeout`, or `Upstream` for a dropped connection).
 pub type Chunks = BoxStream<'static, Result<Vec<u8>, PluginError>>;
 
@@ -181,5 +189,59 @@ fn body_error(e: &reqwest::Error) -> PluginError {
         PluginError::new(ErrorKind::Timeout, "timed out").retryable()
     } else {
         PluginError::upstream(e.to_string()).retryable()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DefaultClassify, Endpoint, HttpConfig, read_json};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One canned HTTP answer per connection, on 127.0.0.1.
+    async fn canned(body: &'static str) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = vec![0u8; 65536];
+                let _ = s.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    // Outside a host (as here) no HTTP service is offered: requests go through the plugin's own
+    // client, with the same errors.
+    #[tokio::test]
+    async fn with_no_host_a_driver_uses_a_client_of_its_own() {
+        let base = canned(r#"{"ok": true}"#).await;
+        let ep = Endpoint::new(&base, "/v1/x", &HttpConfig::default(), "NO_SUCH_KEY_VAR").unwrap();
+        assert!(matches!(ep.transport, Transport::Own(_)));
+        let resp = ep
+            .send(|| ep.post(&serde_json::json!({"q": 1})), &DefaultClassify)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.header("Content-Type"), Some("application/json"));
+        let v: serde_json::Value = read_json(resp, &ep.url).await.unwrap();
+        assert_eq!(v["ok"], true);
+
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        let mut http = HttpConfig::default();
+        http.retry.max_retries = 0;
+        let ep = Endpoint::new(&dead, "/v1/x", &http, "NO_SUCH_KEY_VAR").unwrap();
+        let e = ep
+            .send(|| ep.post(&serde_json::json!({})), &DefaultClassify)
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("cannot connect (") && e.retryable, "{e}");
     }
 }
