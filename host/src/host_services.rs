@@ -107,7 +107,25 @@ const DEFAULT_CONNECT: Duration = Duration::from_secs(10);
 const MAX_CLIENTS: usize = 16;
 
 /// One client per connect timeout: reqwest sets that per client, everything else per request.
+/// Each thread remembers the last one it used, so the usual request takes no lock.
 fn client(connect: Duration) -> Result<reqwest::Client, PluginError> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(Duration, reqwest::Client)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    if let Some(c) = LAST.with_borrow(|l| {
+        l.as_ref()
+            .filter(|(d, _)| *d == connect)
+            .map(|(_, c)| c.clone())
+    }) {
+        return Ok(c);
+    }
+    let c = shared_client(connect)?;
+    LAST.with_borrow_mut(|l| *l = Some((connect, c.clone())));
+    Ok(c)
+}
+
+fn shared_client(connect: Duration) -> Result<reqwest::Client, PluginError> {
     static CLIENTS: Mutex<BTreeMap<Duration, reqwest::Client>> = Mutex::new(BTreeMap::new());
     let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(c) = clients.get(&connect) {

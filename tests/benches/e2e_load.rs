@@ -133,6 +133,11 @@ fn main() {
         .new_driver(Some(&json!({"base_url": slow_url})))
         .unwrap();
     let calc: ToolHandle = registry.get("calculator").unwrap().new_tool(None).unwrap();
+    // The same driver on the plugin's own client and runtime (ABI generation 1's way), for the
+    // rows that compare the two in this run.
+    let own_driver: Driver = plugin
+        .new_driver(Some(&json!({"http": {"client": "own"}})))
+        .unwrap();
 
     let (mut daemon, daemon_url) = start_daemon(dir.path(), "");
     let daemon_pid = daemon.id();
@@ -213,6 +218,7 @@ fn main() {
             })
         };
         let async_run = measure("PromptTask async_run()", n, c, &[None], task_job(driver.clone(), vec![], "hello", false, 0, "echo: hello")).await;
+        let async_own = measure("PromptTask async_run(), the plugin's own client", n, c, &[None], task_job(own_driver.clone(), vec![], "hello", false, 0, "echo: hello")).await;
         let sync_run = {
             let driver = driver.clone();
             let job: Job = Arc::new(move |_| {
@@ -231,6 +237,7 @@ fn main() {
         };
         let tool = measure("async_run() + Calculator round trip", n, c, &[None], task_job(driver.clone(), vec![calc.clone()], "calc: 6*7", false, 0, "the result is 42")).await;
         let streamed = measure("async_run() streamed, 3 async listeners", n, c, &[None], task_job(driver.clone(), vec![], "hello", true, 3, "echo: hello")).await;
+        let streamed_own = measure("async_run() streamed, 3 async listeners, the plugin's own client", n, c, &[None], task_job(own_driver.clone(), vec![], "hello", true, 3, "echo: hello")).await;
         let daemon_job = |base: &str| -> Job {
             let (client, url) = (client.clone(), format!("{base}/v1/tasks"));
             Arc::new(move |_| {
@@ -270,9 +277,11 @@ fn main() {
         println!("\n{n} tasks at concurrency {c}; upstream answers at once, in its own process:\n");
         let rows = vec![
             (async_run, &baseline),
+            (async_own, &baseline),
             (sync_run, &baseline),
             (tool, &baseline2),
             (streamed, &baseline),
+            (streamed_own, &baseline),
             (via_daemon, &baseline),
             (via_isolated, &baseline),
         ];

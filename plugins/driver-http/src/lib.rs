@@ -20,6 +20,17 @@ pub mod transport;
 pub use stream::{SseDecoder, SseEvent, decode_stream, sse_events};
 pub use transport::{Request, Response, Transport};
 
+/// See [`HttpConfig::client`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientChoice {
+    /// The host's HTTP service, when there is one.
+    #[default]
+    Host,
+    /// The plugin's own client.
+    Own,
+}
+
 /// Timeouts, retries and extra headers, shared by every remote driver's config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +47,11 @@ pub struct HttpConfig {
     /// Retry policy.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Which client sends requests: `"host"` (the default: the host's HTTP service when the
+    /// host offers one, ABI generation 2) or `"own"` (a client of the plugin's own, on its own
+    /// runtime, as in generation 1).
+    #[serde(default)]
+    pub client: ClientChoice,
     /// Extra HTTP headers (gateways and proxies need them).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -48,6 +64,7 @@ impl Default for HttpConfig {
             request_timeout_ms: defaults::request_timeout_ms(),
             stream_idle_timeout_ms: defaults::stream_idle_timeout_ms(),
             retry: RetryPolicy::default(),
+            client: ClientChoice::default(),
             headers: BTreeMap::new(),
         }
     }

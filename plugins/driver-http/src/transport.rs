@@ -46,12 +46,13 @@ impl std::fmt::Debug for Response {
 pub type Chunks = BoxStream<'static, Result<Vec<u8>, PluginError>>;
 
 impl Transport {
-    /// The host's service when the host offers one, else a client built for `config`.
+    /// The host's service when the host offers one and `config` does not ask for the plugin's
+    /// own client, else a client built for `config`.
     ///
     /// # Errors
     /// A client that cannot be built.
     pub fn for_config(config: &crate::HttpConfig) -> Result<Self, PluginError> {
-        if host_http::available() {
+        if config.client == crate::ClientChoice::Host && host_http::available() {
             Ok(Self::Host)
         } else {
             crate::client(config).map(Self::Own)
